@@ -1,0 +1,41 @@
+"""The agent-authoring API: agents, tools, the run context, the registry.
+
+Write an agent as ``async def my_agent(ctx: RunContext) -> str``; give it
+tools with ``@tool``; register both in an :class:`AgentRegistry`. Everything
+the user sees — thinking, tool calls, streamed text — is emitted through the
+context, which the runner creates per run (DESIGN.md, "One direction of flow").
+"""
+
+from __future__ import annotations
+
+from .context import RunContext
+from .exceptions import SubRunFailed, ToolError, ToolTimeout
+from .registry import (
+    Agent,
+    AgentRegistry,
+    AgentResult,
+    FunctionAgent,
+    builtin_registry,
+    result_text,
+)
+from .sanitize import sanitize_error
+from .settings import AgentSettings
+from .tools import ToolDispatcher, ToolSpec, tool
+
+__all__ = [
+    "Agent",
+    "AgentRegistry",
+    "AgentResult",
+    "AgentSettings",
+    "FunctionAgent",
+    "RunContext",
+    "SubRunFailed",
+    "ToolDispatcher",
+    "ToolError",
+    "ToolSpec",
+    "ToolTimeout",
+    "builtin_registry",
+    "result_text",
+    "sanitize_error",
+    "tool",
+]

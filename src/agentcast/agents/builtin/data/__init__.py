@@ -1,0 +1,1 @@
+"""The demo's bundled sample data (``usage.csv``) and its generator (``generate.py``)."""

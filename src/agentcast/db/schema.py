@@ -1,0 +1,87 @@
+"""The SQLite schema of a data directory, as forward migrations.
+
+The event log and the store share one database file so that a run's status is
+written in the same transaction as its terminal event (DESIGN.md invariant 3).
+Each migration runs once, in order, inside one transaction with the
+``schema_version`` bump; a database newer than this code refuses to open.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION"]
+
+MIGRATIONS: Final[tuple[tuple[int, str], ...]] = (
+    (
+        1,
+        """
+        CREATE TABLE streams (
+            thread_id TEXT PRIMARY KEY,
+            epoch     TEXT    NOT NULL,
+            first_seq INTEGER NOT NULL DEFAULT 1,
+            last_seq  INTEGER NOT NULL DEFAULT 0
+        ) WITHOUT ROWID;
+
+        CREATE TABLE events (
+            thread_id     TEXT    NOT NULL,
+            seq           INTEGER NOT NULL,
+            event_id      TEXT    NOT NULL,
+            run_id        TEXT    NOT NULL,
+            parent_run_id TEXT,
+            type          TEXT    NOT NULL,
+            ts            REAL    NOT NULL,
+            raw           BLOB    NOT NULL,
+            PRIMARY KEY (thread_id, seq)
+        ) WITHOUT ROWID;
+        CREATE UNIQUE INDEX events_event_id ON events(event_id);
+        CREATE INDEX events_run ON events(run_id, seq);
+
+        CREATE TABLE threads (
+            thread_id  TEXT PRIMARY KEY,
+            user_id    TEXT NOT NULL,
+            title      TEXT NOT NULL DEFAULT '',
+            last_agent TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX threads_user ON threads(user_id, updated_at DESC, thread_id DESC);
+
+        CREATE TABLE runs (
+            run_id          TEXT PRIMARY KEY,
+            thread_id       TEXT NOT NULL,
+            user_id         TEXT NOT NULL,
+            agent           TEXT NOT NULL,
+            input           TEXT NOT NULL,
+            parent_run_id   TEXT,
+            status          TEXT NOT NULL,
+            created_at      REAL NOT NULL,
+            started_at      REAL,
+            ended_at        REAL,
+            first_seq       INTEGER,
+            last_seq        INTEGER,
+            output          TEXT,
+            error           TEXT,
+            idempotency_key TEXT,
+            queue_pos       INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE UNIQUE INDEX runs_idempotency ON runs(user_id, idempotency_key)
+            WHERE idempotency_key IS NOT NULL;
+        CREATE INDEX runs_active ON runs(status, queue_pos)
+            WHERE status IN ('queued', 'running');
+        CREATE INDEX runs_thread ON runs(thread_id, queue_pos);
+
+        CREATE TABLE messages (
+            message_id TEXT PRIMARY KEY,
+            thread_id  TEXT NOT NULL,
+            run_id     TEXT,
+            role       TEXT NOT NULL,
+            content    TEXT NOT NULL,
+            created_at REAL NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX messages_thread ON messages(thread_id, created_at);
+        """,
+    ),
+)
+
+SCHEMA_VERSION: Final = MIGRATIONS[-1][0]

@@ -1,0 +1,559 @@
+"""Single-writer SQLite access with group commit, shared by the log and the store.
+
+One process owns a data directory (DESIGN.md invariant 10): :meth:`open`
+takes an exclusive ``flock`` on ``<data_dir>/agentcast.lock`` and keeps it
+until :meth:`close`. Inside the process every write goes through one writer
+thread and one connection, so there is never a ``SQLITE_BUSY`` between our
+own writers and the log can assign ``seq`` without races.
+
+**Group commit** (DESIGN.md invariant 2, "group commit makes that cheap"):
+:meth:`write` queues an op; the writer thread takes everything queued (up to
+:data:`MAX_GROUP_OPS`) and runs it in ONE ``BEGIN IMMEDIATE … COMMIT``, each op
+inside its own ``SAVEPOINT`` so that an op that raises is rolled back alone.
+With ``synchronous=FULL`` the ``COMMIT`` is the fsync, so N concurrent
+appends cost one fsync. Results (and ``on_commit`` callbacks) are delivered
+to the event loop only after the ``COMMIT`` returned: an event is delivered
+to nobody before it is durable. If ``BEGIN`` or ``COMMIT`` fails, every op of
+the group gets :class:`~agentcast.errors.LogUnavailable` and nothing of the
+group is committed.
+
+Checkpoints run on their own thread and connection (``wal_autocheckpoint``
+is off), so the commit path never pays for them.
+
+**NORMAL mode.** ``synchronous=NORMAL`` is a documented opt-in: a power loss
+may lose the last commits. Because a lost commit could let a ``seq`` be
+reissued under the same epoch (forbidden by invariant 2), the lock file
+records the mode of the session holding it; when the previous session was
+NORMAL and did not close cleanly, :meth:`open` gives every stream a new
+epoch before anything else is written, so clients resume with
+``recovered: false`` instead of a silent gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future as ThreadFuture
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Literal, TypeVar, cast
+
+from ..errors import DataDirLocked, InternalError, LogUnavailable
+from .schema import MIGRATIONS, SCHEMA_VERSION
+
+__all__ = ["LOCK_FILENAME", "MAX_GROUP_OPS", "SqliteDatabase", "WriteStats"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Synchronous = Literal["FULL", "NORMAL"]
+
+#: Most ops committed in one transaction; the rest wait for the next group.
+MAX_GROUP_OPS: Final = 1024
+LOCK_FILENAME: Final = "agentcast.lock"
+_BUSY_TIMEOUT_S: Final = 5.0
+
+
+@dataclass(slots=True)
+class WriteStats:
+    """Counters of the writer, for metrics and for tests that prove grouping."""
+
+    groups_committed: int = 0
+    ops_committed: int = 0
+    groups_failed: int = 0
+
+
+class _Op:
+    """One queued write: the function, its caller's future, its commit callback."""
+
+    __slots__ = ("fn", "future", "on_commit")
+
+    def __init__(
+        self,
+        fn: Callable[[sqlite3.Connection], Any],
+        future: asyncio.Future[Any],
+        on_commit: Callable[[Any], None] | None,
+    ) -> None:
+        self.fn = fn
+        self.future = future
+        self.on_commit = on_commit
+
+
+_STOP: Final = object()  # sentinel that ends the writer thread
+_SAVEPOINT: Final = "agentcast_op"
+
+
+class SqliteDatabase:
+    """The data directory's SQLite database: one writer thread, a reader pool.
+
+    Args:
+        data_dir: Directory holding the database and the lock file (created).
+        synchronous: ``"FULL"`` (default; every commit is fsynced) or
+            ``"NORMAL"`` (faster; a power loss may lose the last commits, see
+            the module docstring).
+        readers: Number of read-only connections, each on its own thread.
+        checkpoint_interval: Seconds between passive WAL checkpoints.
+        filename: Database file name inside ``data_dir``.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        *,
+        synchronous: Synchronous = "FULL",
+        readers: int = 2,
+        checkpoint_interval: float = 1.0,
+        filename: str = "agentcast.db",
+    ) -> None:
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
+        if readers < 1:
+            raise ValueError("readers must be >= 1")
+        self._data_dir = Path(data_dir)
+        self._path = self._data_dir / filename
+        self._synchronous: Synchronous = synchronous
+        self._readers = readers
+        self._checkpoint_interval = checkpoint_interval
+        self._open_lock = asyncio.Lock()
+        self._is_open = False
+        self._accepting = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock_fd: int | None = None
+        self._queue: queue.SimpleQueue[_Op | object] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._writer_done: asyncio.Future[None] | None = None
+        self._reader_pool: ThreadPoolExecutor | None = None
+        self._reader_conns: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        self._checkpointer: threading.Thread | None = None
+        self._checkpoint_stop = threading.Event()
+        self._epochs_rotated = False
+        self.stats = WriteStats()
+
+    # Public methods
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self._path
+
+    @property
+    def data_dir(self) -> Path:
+        """The data directory this database owns while open."""
+        return self._data_dir
+
+    @property
+    def synchronous(self) -> Synchronous:
+        """The durability mode, named in every performance figure."""
+        return self._synchronous
+
+    @property
+    def is_open(self) -> bool:
+        """Whether :meth:`open` succeeded and :meth:`close` has not run."""
+        return self._is_open
+
+    @property
+    def epochs_rotated(self) -> bool:
+        """Whether :meth:`open` gave every stream a new epoch (unclean NORMAL shutdown)."""
+        return self._epochs_rotated
+
+    async def open(self) -> None:
+        """Lock the directory, open connections, migrate. A second call is a no-op.
+
+        Raises:
+            DataDirLocked: another process (or another ``SqliteDatabase``)
+                holds the directory.
+            InternalError: the database is newer than this code, or cannot
+                be put in WAL mode.
+        """
+        async with self._open_lock:
+            if self._is_open:
+                return
+            self._loop = asyncio.get_running_loop()
+            self._lock_fd, previous = await asyncio.to_thread(self._acquire_lock)
+            try:
+                rotate = previous.get("state") == "open" and previous.get("synchronous") != "FULL"
+                await self._start_writer(rotate_epochs=rotate)
+                self._epochs_rotated = rotate
+                await asyncio.to_thread(self._write_marker, "open")
+                await asyncio.to_thread(self._open_readers)
+                self._start_checkpointer()
+            except BaseException:
+                await self._shutdown()
+                raise
+            self._is_open = True
+            self._accepting = True
+
+    async def close(self) -> None:
+        """Commit what is queued, stop every thread, checkpoint, release the lock."""
+        async with self._open_lock:
+            if not self._is_open:
+                return
+            self._accepting = False
+            self._is_open = False
+            await self._shutdown(clean=True)
+
+    async def write(
+        self,
+        op: Callable[[sqlite3.Connection], T],
+        *,
+        on_commit: Callable[[T], None] | None = None,
+    ) -> T:
+        """Run ``op`` on the writer connection in the next group transaction.
+
+        ``op`` runs inside its own savepoint: if it raises, only its changes are
+        rolled back and only its caller sees the exception. ``on_commit`` runs
+        on the event loop once the group's ``COMMIT`` returned, before the
+        caller resumes and even if the caller was cancelled meanwhile, so that
+        in-memory state (the log's tail) never misses a committed write.
+
+        Raises:
+            LogUnavailable: the database is not open, or the group's
+                ``BEGIN``/``COMMIT`` failed (nothing of the group committed).
+        """
+        if not self._accepting or self._loop is None:
+            raise LogUnavailable(f"database {self._path} is not open")
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._queue.put(_Op(op, future, cast("Callable[[Any], None] | None", on_commit)))
+        return await future
+
+    async def read(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``op`` on a read-only connection (committed data only).
+
+        Raises:
+            LogUnavailable: the database is not open, or SQLite failed.
+        """
+        pool = self._reader_pool
+        if not self._accepting or pool is None or self._loop is None:
+            raise LogUnavailable(f"database {self._path} is not open")
+        return await self._loop.run_in_executor(pool, self._run_read, op)
+
+    # Private methods: lock file
+
+    def _acquire_lock(self) -> tuple[int, dict[str, Any]]:
+        """Take the directory lock; return its fd and the previous session's marker."""
+        self._data_dir.mkdir(parents=True, exist_ok=True)
+        lock_path = self._data_dir / LOCK_FILENAME
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            # flock locks an open file description, so a second SqliteDatabase
+            # in this same process is refused too (invariant 10).
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_marker(fd).get("pid", "unknown")
+            os.close(fd)
+            raise DataDirLocked(
+                f"data directory {self._data_dir} is already in use (lock {lock_path} is "
+                f"held by pid {holder}); stop the other agentcast process or use another "
+                "--data-dir"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, _read_marker(fd)
+
+    def _write_marker(self, state: str) -> None:
+        """Record this session's state in the lock file, durably."""
+        fd = self._lock_fd
+        if fd is None:
+            return
+        data = json.dumps({"pid": os.getpid(), "state": state, "synchronous": self._synchronous})
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data.encode(), 0)
+        os.fsync(fd)
+
+    # Private methods: writer thread
+
+    async def _start_writer(self, *, rotate_epochs: bool) -> None:
+        loop = asyncio.get_running_loop()
+        started: ThreadFuture[None] = ThreadFuture()
+        self._writer_done = loop.create_future()
+        self._queue = queue.SimpleQueue()
+        self._writer = threading.Thread(
+            target=self._writer_main,
+            args=(loop, started, rotate_epochs),
+            name="agentcast-sqlite-writer",
+            daemon=True,
+        )
+        self._writer.start()
+        await asyncio.wrap_future(started)
+
+    def _connect(self, *, query_only: bool = False) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self._path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            if query_only:
+                conn.execute("PRAGMA query_only=ON")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _connect_writer(self, rotate_epochs: bool) -> sqlite3.Connection:
+        conn = self._connect()
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise InternalError(f"cannot put {self._path} in WAL mode (got {mode!r})")
+            # Checkpoints run on their own thread, off the commit path.
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            _migrate(conn, self._path)
+            if rotate_epochs:
+                conn.execute("UPDATE streams SET epoch = lower(hex(randomblob(8)))")
+                logger.warning(
+                    "%s: the previous synchronous=NORMAL session did not close cleanly; "
+                    "every stream got a new epoch (clients resume with recovered=false)",
+                    self._path,
+                )
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _writer_main(
+        self, loop: asyncio.AbstractEventLoop, started: ThreadFuture[None], rotate: bool
+    ) -> None:
+        try:
+            conn: sqlite3.Connection | None = self._connect_writer(rotate)
+        except BaseException as exc:
+            started.set_exception(exc)
+            _call_soon(loop, self._writer_stopped)
+            return
+        started.set_result(None)
+        q = self._queue
+        stopping = False
+        try:
+            while not stopping:
+                first = q.get()
+                if first is _STOP:
+                    break
+                group = [cast(_Op, first)]
+                while len(group) < MAX_GROUP_OPS:
+                    try:
+                        item = q.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is _STOP:
+                        stopping = True
+                        break
+                    group.append(cast(_Op, item))
+                if conn is None:
+                    conn = self._reconnect_writer()
+                outcomes, conn = self._run_group(conn, group)
+                _call_soon(loop, self._deliver, group, outcomes)
+        finally:
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                conn.close()
+            _call_soon(loop, self._writer_stopped)
+
+    def _reconnect_writer(self) -> sqlite3.Connection | None:
+        try:
+            return self._connect_writer(False)
+        except Exception:
+            logger.exception("cannot reopen the writer connection of %s", self._path)
+            return None
+
+    def _run_group(
+        self, conn: sqlite3.Connection | None, group: list[_Op]
+    ) -> tuple[list[tuple[bool, Any]], sqlite3.Connection | None]:
+        """Run ``group`` in one transaction; return each op's outcome and the connection.
+
+        Runs on the writer thread. An outcome is ``(True, result)`` or
+        ``(False, exception)``. The returned connection is ``None`` when it
+        is no longer trustworthy (it is reopened for the next group).
+        """
+        if conn is None:
+            return self._fail_group(group, LogUnavailable(f"cannot open {self._path}")), None
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            return self._fail_group(group, exc), self._after_failure(conn)
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            for op in group:
+                conn.execute(f"SAVEPOINT {_SAVEPOINT}")
+                try:
+                    outcomes.append((True, op.fn(conn)))
+                except BaseException as exc:
+                    if not conn.in_transaction:
+                        raise  # the error aborted the whole transaction
+                    conn.execute(f"ROLLBACK TO {_SAVEPOINT}")
+                    outcomes.append((False, exc))
+                conn.execute(f"RELEASE {_SAVEPOINT}")
+            self._commit(conn)
+        except BaseException as exc:
+            return self._fail_group(group, exc), self._after_failure(conn)
+        self.stats.groups_committed += 1
+        self.stats.ops_committed += len(group)
+        return outcomes, conn
+
+    def _commit(self, conn: sqlite3.Connection) -> None:
+        """The group's COMMIT: the fsync with FULL (a seam for fault tests)."""
+        conn.execute("COMMIT")
+
+    def _fail_group(self, group: list[_Op], cause: BaseException) -> list[tuple[bool, Any]]:
+        self.stats.groups_failed += 1
+        logger.warning("write group of %d ops failed: %r", len(group), cause)
+        outcomes: list[tuple[bool, Any]] = []
+        for _ in group:
+            error = LogUnavailable(f"the write was not committed: {cause}")
+            error.__cause__ = cause
+            outcomes.append((False, error))
+        return outcomes
+
+    def _after_failure(self, conn: sqlite3.Connection) -> sqlite3.Connection | None:
+        """Roll back what is left; drop the connection if even that fails."""
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            return conn
+        except sqlite3.Error:
+            logger.exception("rollback failed; reopening the writer connection")
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+            return None
+
+    def _deliver(self, group: list[_Op], outcomes: list[tuple[bool, Any]]) -> None:
+        """On the event loop: run commit callbacks, then resume each caller, in op order."""
+        for op, (ok, value) in zip(group, outcomes, strict=True):
+            if ok and op.on_commit is not None:
+                try:
+                    op.on_commit(value)
+                except Exception:
+                    logger.exception("on_commit callback failed (the write is committed)")
+            if op.future.done():
+                continue  # the caller was cancelled; the write committed anyway
+            if ok:
+                op.future.set_result(value)
+            else:
+                op.future.set_exception(value)
+
+    def _writer_stopped(self) -> None:
+        if self._writer_done is not None and not self._writer_done.done():
+            self._writer_done.set_result(None)
+
+    # Private methods: readers and checkpoints
+
+    def _open_readers(self) -> None:
+        conns = [self._connect(query_only=True) for _ in range(self._readers)]
+        for conn in conns:
+            self._reader_conns.put(conn)
+        self._reader_pool = ThreadPoolExecutor(self._readers, "agentcast-sqlite-reader")
+
+    def _run_read(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        # The pool has as many threads as connections, so one is always free.
+        conn = self._reader_conns.get()
+        try:
+            return op(conn)
+        except sqlite3.Error as exc:
+            raise LogUnavailable(f"read failed: {exc}") from exc
+        finally:
+            self._reader_conns.put(conn)
+
+    def _start_checkpointer(self) -> None:
+        self._checkpoint_stop = threading.Event()
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_main,
+            args=(self._checkpoint_stop,),
+            name="agentcast-sqlite-checkpoint",
+            daemon=True,
+        )
+        self._checkpointer.start()
+
+    def _checkpoint_main(self, stop: threading.Event) -> None:
+        try:
+            conn = self._connect()
+        except sqlite3.Error:
+            logger.exception("checkpoint thread cannot open %s", self._path)
+            return
+        try:
+            while not stop.wait(self._checkpoint_interval):
+                try:
+                    # PASSIVE never blocks the writer nor waits for readers.
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error:
+                    logger.exception("WAL checkpoint of %s failed", self._path)
+        finally:
+            conn.close()
+
+    # Private methods: shutdown
+
+    async def _shutdown(self, *, clean: bool = False) -> None:
+        """Stop whatever was started, in dependency order; release the lock last."""
+        self._accepting = False
+        if self._checkpointer is not None:
+            self._checkpoint_stop.set()
+            await asyncio.to_thread(self._checkpointer.join)
+            self._checkpointer = None
+        if self._writer is not None:
+            if self._writer.is_alive():
+                self._queue.put(_STOP)  # ops queued before it still commit
+                if self._writer_done is not None:
+                    await self._writer_done
+            await asyncio.to_thread(self._writer.join)
+            self._writer = None
+        if self._reader_pool is not None:
+            await asyncio.to_thread(self._reader_pool.shutdown, True)
+            self._reader_pool = None
+        while True:
+            try:
+                self._reader_conns.get_nowait().close()
+            except queue.Empty:
+                break
+        if self._lock_fd is not None:
+            if clean:
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(self._write_marker, "closed")
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+
+def _read_marker(fd: int) -> dict[str, Any]:
+    try:
+        data = json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Apply every migration newer than the database, one transaction each."""
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+    current = int(row[0] or 0)
+    if current > SCHEMA_VERSION:
+        raise InternalError(
+            f"{path} has schema version {current}, newer than this agentcast "
+            f"(knows up to {SCHEMA_VERSION}); upgrade agentcast to open it"
+        )
+    for version, sql in MIGRATIONS:
+        if version <= current:
+            continue
+        # executescript commits first, so the transaction is part of the script.
+        script = (
+            f"BEGIN IMMEDIATE;\n{sql}\n;DELETE FROM schema_version;\n"
+            f"INSERT INTO schema_version (version) VALUES ({int(version)});\nCOMMIT;"
+        )
+        try:
+            conn.executescript(script)
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise InternalError(f"migration {version} of {path} failed: {exc}") from exc
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop is already closed
+        loop.call_soon_threadsafe(fn, *args)

@@ -1,0 +1,137 @@
+"""The engine: log, store, bridge and runner wired together, started and stopped in order.
+
+``Engine`` is what a server (or a test, or an embedding application) holds.
+Start-up order: database → store → bridge (opens the log, probes it) → runner
+(recovers interrupted runs). Shutdown is the reverse, per DESIGN.md invariant
+9: the runner stops accepting, lets runs finish within the grace period and
+cancels the rest; the bridge appends their terminal events; then the log and
+the database close.
+
+A process-wide default engine is available through :func:`get_engine` /
+:func:`get_bridge` for code that cannot pass one around, but nothing inside
+agentcast depends on it: every component takes its collaborators explicitly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+
+from .agents import AgentRegistry, builtin_registry
+from .bridge import Bridge
+from .config import EngineSettings
+from .db.sqlite import SqliteDatabase
+from .log.base import EventLog
+from .log.memory import MemoryLog
+from .log.sqlite import SqliteLog
+from .metrics import EngineMetrics
+from .runner import Runner
+from .store.base import Store
+from .store.memory import MemoryStore
+from .store.sqlite import SqliteStore
+
+__all__ = ["Engine", "get_bridge", "get_engine", "set_default_engine"]
+
+
+class Engine:
+    """Everything below the network, for one process.
+
+    Args:
+        settings: Engine settings (``EngineSettings.from_env()`` by default).
+        registry: The agents to serve (the built-in ones by default).
+    """
+
+    def __init__(
+        self,
+        settings: EngineSettings | None = None,
+        registry: AgentRegistry | None = None,
+        *,
+        log: EventLog | None = None,
+        store: Store | None = None,
+        metrics: EngineMetrics | None = None,
+    ) -> None:
+        self.settings = settings or EngineSettings.from_env()
+        self.registry = registry if registry is not None else builtin_registry()
+        self.metrics = metrics or EngineMetrics()
+        self.db: SqliteDatabase | None = None
+        if log is not None and store is not None:
+            self.log, self.store = log, store
+        elif self.settings.log_backend == "memory":
+            memory_store = MemoryStore()
+            self.store = memory_store
+            self.log = MemoryLog(projector=memory_store.project)
+        else:
+            self.db = SqliteDatabase(
+                self.settings.data_dir, synchronous=self.settings.sqlite_synchronous
+            )
+            sqlite_store = SqliteStore(self.db)
+            self.store = sqlite_store
+            self.log = SqliteLog(
+                self.db,
+                projector=sqlite_store.project,
+                tail_events_per_thread=self.settings.tail_events_per_thread,
+            )
+        self.bridge = Bridge(self.log, self.settings, metrics=self.metrics)
+        self.runner = Runner(self.bridge, self.store, self.registry, self.settings)
+        self._started = False
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Open storage, start the bridge, recover runs. Idempotent."""
+        async with self._lock:
+            if self._started:
+                return
+            if self.db is not None:
+                await self.db.open()
+            await self.store.open()
+            await self.bridge.ensure_integration()
+            await self.runner.start()
+            self._started = True
+
+    async def shutdown(self, grace_s: float | None = None) -> None:
+        """Finish or cancel runs, append their terminal events, close everything."""
+        async with self._lock:
+            if not self._started:
+                if self.db is not None and self.db.is_open:
+                    await self.db.close()
+                return
+            self._started = False
+            await self.runner.shutdown(grace_s)
+            await self.bridge.close()
+            await self.store.close()
+            if self.db is not None:
+                await self.db.close()
+
+    async def __aenter__(self) -> Engine:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.shutdown()
+
+
+_default: Engine | None = None
+
+
+def get_engine() -> Engine:
+    """The process-wide default engine (settings from the environment), created on first use."""
+    global _default
+    if _default is None:
+        _default = Engine()
+    return _default
+
+
+def set_default_engine(engine: Engine | None) -> None:
+    """Make ``engine`` the default (e.g. the one a server built)."""
+    global _default
+    _default = engine
+
+
+def get_bridge() -> Bridge:
+    """The default engine's bridge; call ``await get_engine().start()`` before emitting."""
+    return get_engine().bridge

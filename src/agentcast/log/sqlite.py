@@ -1,0 +1,415 @@
+"""The SQLite event log: the embedded default, durable with group commit.
+
+Tables ``streams`` (epoch, retained range, head per thread) and ``events``
+(one row per event, envelope bytes included) live in the data directory's
+database, shared with the store (:mod:`agentcast.db.schema`).
+
+* **Durable before visible** (DESIGN.md invariant 2): the ``append`` calls of
+  one event-loop iteration become one :meth:`SqliteDatabase.write` op; the
+  tail is fed and followers are woken by its ``on_commit`` callback, which
+  runs only after the group's ``COMMIT`` (fsync with ``synchronous=FULL``)
+  returned.
+* **Seqs are never reissued**: seqs are assigned from ``streams.last_seq``
+  read inside the transaction, never from an in-memory counter, so a failed
+  group leaves nothing to resynchronise. The epoch is created once with the
+  stream row and kept by trims and restarts (PROTOCOL.md, "Stream
+  positions"); see :mod:`agentcast.db.sqlite` for the ``NORMAL`` mode case.
+* **Idempotent** (invariant 7): a draft whose ``event_id`` is stored — or
+  appears earlier in the same batch, or in an op earlier in the same group —
+  is returned as stored, not stored again.
+* **Run status with its terminal event** (invariant 3): the optional
+  projector runs inside the same op, so it commits or rolls back with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final
+
+from ..db.sqlite import SqliteDatabase
+from ..errors import LogUnavailable
+from .base import EventDraft, EventLog, StoredEvent, StreamInfo, resolve_start
+from .follower import StreamFollower
+from .memory import stored_event
+from .tail import DEFAULT_TAIL_EVENTS, DEFAULT_TAIL_THREADS, Tail
+
+__all__ = ["SqliteLog", "SqliteProjector", "new_epoch"]
+
+#: Called inside the append's transaction with each batch of new events.
+SqliteProjector = Callable[[sqlite3.Connection, list[StoredEvent]], None]
+
+_COLUMNS: Final = "thread_id, seq, event_id, run_id, parent_run_id, type, ts, raw"
+_INSERT: Final = f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_READ: Final = f"SELECT {_COLUMNS} FROM events WHERE thread_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+_STREAM: Final = "SELECT epoch, first_seq, last_seq FROM streams WHERE thread_id = ?"
+_ID_CHUNK: Final = 500  # stay far below SQLite's bound on query parameters
+
+
+def new_epoch() -> str:
+    """A fresh random epoch token (64 bits, hex)."""
+    return os.urandom(8).hex()
+
+
+@dataclass(frozen=True, slots=True)
+class _Appended:
+    """An append op's result: one outcome per merged ``append`` call, and the new events."""
+
+    outcomes: list[tuple[bool, Any]]  # (True, stored events) or (False, exception)
+    new: list[StoredEvent]
+
+
+class SqliteLog:
+    """An :class:`~agentcast.log.base.EventLog` in the data directory's SQLite database.
+
+    The database is owned by whoever created it (it is shared with the store):
+    :meth:`open` opens it if needed, :meth:`close` ends followers but leaves
+    the database open.
+
+    ``append`` calls made in the same event-loop iteration are merged into one
+    database op (one id lookup, one ``executemany``), which the database then
+    group-commits with whatever else is queued; if the merged op fails, each
+    call is retried alone in its own savepoint so that one bad call fails
+    alone.
+
+    Args:
+        db: The shared database.
+        projector: Optional callback run in the append's transaction, once per
+            ``append`` call that stored something, in call order.
+        tail_events_per_thread: Bound of the follow tail per thread.
+        tail_threads: Bound of threads in the follow tail.
+    """
+
+    name = "sqlite"
+
+    def __init__(
+        self,
+        db: SqliteDatabase,
+        *,
+        projector: SqliteProjector | None = None,
+        tail_events_per_thread: int = DEFAULT_TAIL_EVENTS,
+        tail_threads: int = DEFAULT_TAIL_THREADS,
+    ) -> None:
+        self._db = db
+        self._projector = projector
+        self._tail = Tail(tail_events_per_thread, tail_threads)
+        self._closed = False
+        self._pending: list[tuple[list[EventDraft], asyncio.Future[list[StoredEvent]]]] = []
+        self._flush_scheduled = False
+        self._flushes: set[asyncio.Task[None]] = set()
+        #: Durability mode for figures: the database's ``synchronous``.
+        self.durability: str = db.synchronous
+
+    # Public methods
+
+    @property
+    def db(self) -> SqliteDatabase:
+        """The shared database."""
+        return self._db
+
+    async def open(self) -> None:
+        """Open the database if its owner has not yet; accept calls again after ``close``."""
+        await self._db.open()
+        self._tail.clear()  # start from what the database says, not from a past session
+        self._tail.reopen()
+        self._closed = False
+
+    async def close(self) -> None:
+        """Finish appends already made, then end every follower.
+
+        The database stays open for its other users.
+        """
+        self._closed = True
+        self._start_flush()
+        while self._flushes:
+            await asyncio.wait(list(self._flushes))
+        self._tail.close()
+
+    async def append(self, drafts: Sequence[EventDraft]) -> list[StoredEvent]:
+        """Durably append ``drafts`` in one transaction; see ``EventLog.append``.
+
+        Raises:
+            LogUnavailable: nothing was committed; retrying is safe.
+        """
+        self._check_open()
+        if not drafts:
+            return []
+        future: asyncio.Future[list[StoredEvent]] = asyncio.get_running_loop().create_future()
+        self._pending.append((list(drafts), future))
+        if not self._flush_scheduled:
+            # Let every producer woken in this loop iteration join the same op.
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._start_flush)
+        return await future
+
+    async def read(
+        self, thread_id: str, after_seq: int = 0, limit: int = 1000
+    ) -> list[StoredEvent]:
+        """Up to ``limit`` retained events with ``seq > after_seq``, in order."""
+        self._check_open()
+        if limit <= 0:
+            return []
+
+        def op(conn: sqlite3.Connection) -> list[StoredEvent]:
+            rows = conn.execute(_READ, (thread_id, after_seq, limit)).fetchall()
+            return [StoredEvent(*row) for row in rows]
+
+        return await self._db.read(op)
+
+    async def info(self, thread_id: str) -> StreamInfo:
+        """The stream's epoch and retained range, creating the stream (and epoch) if new.
+
+        Creating it here gives a client that subscribes before the first
+        event an epoch that the first event will keep.
+        """
+        self._check_open()
+
+        def lookup(conn: sqlite3.Connection) -> Any:
+            return conn.execute(_STREAM, (thread_id,)).fetchone()
+
+        row = await self._db.read(lookup)
+        if row is None:
+            row = await self._write(partial(_get_or_create, thread_id))
+        return StreamInfo(*row)
+
+    async def follow(
+        self, thread_id: str, after_seq: int = 0, epoch: str | None = None
+    ) -> StreamFollower:
+        """Start following ``thread_id`` from the position, per ``resolve_start``."""
+        start = resolve_start(await self.info(thread_id), after_seq, epoch)
+        return StreamFollower(
+            thread_id, start, tail=self._tail, read=self.read, is_closed=self._is_closed
+        )
+
+    async def trim(self, thread_id: str, before_seq: int) -> int:
+        """Delete events with ``seq < before_seq``; keep the epoch. Returns how many."""
+        self._check_open()
+
+        def op(conn: sqlite3.Connection) -> tuple[int, int]:
+            row = conn.execute(_STREAM, (thread_id,)).fetchone()
+            if row is None:
+                return 0, 0
+            _, first_seq, last_seq = row
+            cutoff = min(before_seq, last_seq + 1)
+            if cutoff <= first_seq:
+                return 0, 0
+            deleted = conn.execute(
+                "DELETE FROM events WHERE thread_id = ? AND seq < ?", (thread_id, cutoff)
+            ).rowcount
+            conn.execute(
+                "UPDATE streams SET first_seq = ? WHERE thread_id = ?", (cutoff, thread_id)
+            )
+            return deleted, cutoff
+
+        def on_commit(result: tuple[int, int]) -> None:
+            if result[1]:
+                self._tail.trim(thread_id, result[1])
+
+        deleted, _ = await self._write(op, on_commit=on_commit)
+        return int(deleted)
+
+    # Private methods
+
+    def _start_flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        task = asyncio.get_running_loop().create_task(self._flush(batch))
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def _flush(
+        self, batch: list[tuple[list[EventDraft], asyncio.Future[list[StoredEvent]]]]
+    ) -> None:
+        """Commit one merged op; every caller's future is resolved, whatever happens."""
+        futures = [future for _, future in batch]
+        try:
+            await self._db.write(
+                partial(self._append_op, [drafts for drafts, _ in batch]),
+                on_commit=partial(self._on_appended, futures),
+            )
+        except BaseException as exc:
+            for future in futures:
+                if not future.done():
+                    future.set_exception(_unavailable(exc) if len(futures) > 1 else _as_log(exc))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        for future in futures:  # only if on_commit itself failed
+            if not future.done():
+                future.set_exception(LogUnavailable("append outcome lost; retry"))
+
+    def _append_op(self, batches: list[list[EventDraft]], conn: sqlite3.Connection) -> _Appended:
+        """The merged appends, on the writer thread inside the group transaction."""
+        if len(batches) == 1:
+            stored, new = self._insert(conn, batches)  # raising fails this one call
+            return _Appended([(True, stored[0])], new)
+        conn.execute("SAVEPOINT agentcast_appends")
+        try:
+            stored, new = self._insert(conn, batches)
+        except Exception:
+            if not conn.in_transaction:
+                raise  # the whole transaction is gone: the group fails
+            conn.execute("ROLLBACK TO agentcast_appends")
+            outcomes, new = self._insert_each(conn, batches)
+        else:
+            outcomes = [(True, events) for events in stored]
+        conn.execute("RELEASE agentcast_appends")
+        return _Appended(outcomes, new)
+
+    def _insert_each(
+        self, conn: sqlite3.Connection, batches: list[list[EventDraft]]
+    ) -> tuple[list[tuple[bool, Any]], list[StoredEvent]]:
+        """The slow path: each call in its own savepoint, so one failure stays alone."""
+        outcomes: list[tuple[bool, Any]] = []
+        new: list[StoredEvent] = []
+        for drafts in batches:
+            conn.execute("SAVEPOINT agentcast_append")
+            try:
+                stored, added = self._insert(conn, [drafts])
+            except Exception as exc:
+                if not conn.in_transaction:
+                    raise
+                conn.execute("ROLLBACK TO agentcast_append")
+                outcomes.append((False, exc))
+            else:
+                outcomes.append((True, stored[0]))
+                new.extend(added)
+            conn.execute("RELEASE agentcast_append")
+        return outcomes, new
+
+    def _insert(
+        self, conn: sqlite3.Connection, batches: list[list[EventDraft]]
+    ) -> tuple[list[list[StoredEvent]], list[StoredEvent]]:
+        """Store the batches in order; return each batch as stored, and what is new."""
+        known = _stored_by_id(conn, {d.event_id for drafts in batches for d in drafts})
+        heads: dict[str, int] = {}
+        stored: list[list[StoredEvent]] = []
+        new: list[StoredEvent] = []
+        new_per_batch: list[list[StoredEvent]] = []
+        rows: list[tuple[Any, ...]] = []
+        for drafts in batches:
+            out: list[StoredEvent] = []
+            added: list[StoredEvent] = []
+            for draft in drafts:
+                event = known.get(draft.event_id)
+                if event is None:  # invariant 7: a known event_id is never stored twice
+                    head = heads.get(draft.thread_id)
+                    if head is None:
+                        head = _get_or_create(draft.thread_id, conn)[2]
+                    # Invariant 2: seqs come from streams.last_seq read in this
+                    # transaction, so a rolled-back group reissues nothing.
+                    seq = heads[draft.thread_id] = head + 1
+                    event = known[draft.event_id] = stored_event(draft, seq)
+                    added.append(event)
+                    rows.append(
+                        (
+                            event.thread_id,
+                            seq,
+                            event.event_id,
+                            event.run_id,
+                            event.parent_run_id,
+                            event.type,
+                            event.ts,
+                            event.raw,
+                        )
+                    )
+                out.append(event)
+            stored.append(out)
+            new.extend(added)
+            new_per_batch.append(added)
+        if rows:
+            conn.executemany(_INSERT, rows)
+            conn.executemany(
+                "UPDATE streams SET last_seq = ? WHERE thread_id = ?",
+                [(seq, thread_id) for thread_id, seq in heads.items()],
+            )
+        if self._projector is not None:
+            for added in new_per_batch:
+                if added:
+                    # Invariant 3: the projection commits (or not) with the events.
+                    self._projector(conn, added)
+        return stored, new
+
+    def _on_appended(
+        self, futures: list[asyncio.Future[list[StoredEvent]]], result: _Appended
+    ) -> None:
+        # Runs after COMMIT returned (invariant 2: durable before visible),
+        # even if the callers were cancelled meanwhile.
+        if result.new:
+            self._tail.publish(result.new)
+        for future, (ok, value) in zip(futures, result.outcomes, strict=True):
+            if future.done():
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(_as_log(value))
+
+    async def _write(
+        self,
+        op: Callable[[sqlite3.Connection], Any],
+        on_commit: Callable[[Any], None] | None = None,
+    ) -> Any:
+        try:
+            return await self._db.write(op, on_commit=on_commit)
+        except sqlite3.Error as exc:
+            raise LogUnavailable(f"write failed: {exc}") from exc
+
+    def _is_closed(self) -> bool:
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LogUnavailable("log closed")
+
+
+def _as_log(exc: BaseException) -> BaseException:
+    """SQLite errors become ``LogUnavailable`` (nothing was committed); others pass."""
+    if isinstance(exc, sqlite3.Error):
+        error = LogUnavailable(f"append failed: {exc}")
+        error.__cause__ = exc
+        return error
+    return exc
+
+
+def _unavailable(exc: BaseException) -> LogUnavailable:
+    """A fresh error per caller of a merged op (an exception is never shared)."""
+    error = LogUnavailable(str(exc) if isinstance(exc, LogUnavailable) else f"append failed: {exc}")
+    error.__cause__ = exc
+    return error
+
+
+def _get_or_create(thread_id: str, conn: sqlite3.Connection) -> tuple[str, int, int]:
+    """The stream's ``(epoch, first_seq, last_seq)``; a new stream gets a new epoch."""
+    row = conn.execute(_STREAM, (thread_id,)).fetchone()
+    if row is None:
+        row = (new_epoch(), 1, 0)
+        conn.execute(
+            "INSERT INTO streams (thread_id, epoch, first_seq, last_seq) VALUES (?, ?, ?, ?)",
+            (thread_id, *row),
+        )
+    return row  # type: ignore[no-any-return]
+
+
+def _stored_by_id(conn: sqlite3.Connection, event_ids: Iterable[str]) -> dict[str, StoredEvent]:
+    ids = list(event_ids)
+    found: dict[str, StoredEvent] = {}
+    for i in range(0, len(ids), _ID_CHUNK):
+        chunk = ids[i : i + _ID_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        sql = f"SELECT {_COLUMNS} FROM events WHERE event_id IN ({marks})"
+        for row in conn.execute(sql, chunk):
+            found[row[2]] = StoredEvent(*row)
+    return found
+
+
+if TYPE_CHECKING:  # mypy proves the backend satisfies the protocol (STYLE.md habit 3)
+
+    def _check(log: SqliteLog) -> EventLog:
+        return log

@@ -1,0 +1,155 @@
+"""An in-memory store, the companion of :class:`~agentcast.log.memory.MemoryLog`.
+
+Its :meth:`MemoryStore.project` is passed to the memory log as its projector,
+so run statuses change in the same step as the append, exactly as the SQLite
+store does inside the append's transaction.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+
+from ..errors import NotFound
+from ..log.base import StoredEvent
+from ..types import new_thread_id
+from .base import (
+    ACTIVE_STATUSES,
+    MessageRecord,
+    NewRun,
+    RunRecord,
+    RunStatus,
+    ThreadRecord,
+    project_batch,
+)
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore:
+    """Threads, runs and messages in dicts; for tests and the memory backend."""
+
+    def __init__(self) -> None:
+        self._threads: dict[str, ThreadRecord] = {}
+        self._runs: dict[str, RunRecord] = {}
+        self._messages: dict[str, list[MessageRecord]] = {}
+        self._idempotency: dict[tuple[str, str], str] = {}
+        self._positions = itertools.count(1)
+        self._message_ids = itertools.count(1)
+
+    async def open(self) -> None:
+        """Nothing to prepare."""
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    async def create_thread(self, user_id: str, title: str = "") -> ThreadRecord:
+        now = time.time()
+        record = ThreadRecord(new_thread_id(), user_id, title, None, now, now)
+        self._threads[record.thread_id] = record
+        self._messages[record.thread_id] = []
+        return record
+
+    async def get_thread(self, user_id: str, thread_id: str) -> ThreadRecord:
+        record = self._threads.get(thread_id)
+        if record is None or record.user_id != user_id:
+            raise NotFound("thread not found")
+        return record
+
+    async def list_threads(
+        self, user_id: str, limit: int = 50, before: tuple[float, str] | None = None
+    ) -> list[ThreadRecord]:
+        mine = sorted(
+            (t for t in self._threads.values() if t.user_id == user_id),
+            key=lambda t: (t.updated_at, t.thread_id),
+            reverse=True,
+        )
+        if before is not None:
+            mine = [t for t in mine if (t.updated_at, t.thread_id) < before]
+        return mine[:limit]
+
+    async def create_run(self, run: NewRun) -> tuple[RunRecord, bool]:
+        thread = await self.get_thread(run.user_id, run.thread_id)
+        if run.idempotency_key is not None:
+            existing = self._idempotency.get((run.user_id, run.idempotency_key))
+            if existing is not None:
+                return self._runs[existing], False
+        now = time.time()
+        record = RunRecord(
+            run.run_id, run.thread_id, run.user_id, run.agent, run.input, run.parent_run_id,
+            RunStatus.QUEUED, now, None, None, None, None, None, None, run.idempotency_key,
+            next(self._positions),
+        )  # fmt: skip
+        self._runs[record.run_id] = record
+        if run.idempotency_key is not None:
+            self._idempotency[(run.user_id, run.idempotency_key)] = record.run_id
+        if run.parent_run_id is None:
+            self._add_message(run.thread_id, run.run_id, "user", run.input, now)
+            self._threads[thread.thread_id] = replace(thread, last_agent=run.agent, updated_at=now)
+        return record, True
+
+    async def get_run(self, user_id: str, run_id: str) -> RunRecord:
+        record = self._runs.get(run_id)
+        if record is None or record.user_id != user_id:
+            raise NotFound("run not found")
+        return record
+
+    async def find_run(self, run_id: str) -> RunRecord | None:
+        return self._runs.get(run_id)
+
+    async def find_run_by_key(self, user_id: str, idempotency_key: str) -> RunRecord | None:
+        run_id = self._idempotency.get((user_id, idempotency_key))
+        return None if run_id is None else self._runs[run_id]
+
+    async def active_runs(self) -> list[RunRecord]:
+        return sorted(
+            (r for r in self._runs.values() if r.status in ACTIVE_STATUSES),
+            key=lambda r: r.queue_pos,
+        )
+
+    async def list_runs(self, user_id: str, thread_id: str) -> list[RunRecord]:
+        await self.get_thread(user_id, thread_id)
+        return sorted(
+            (r for r in self._runs.values() if r.thread_id == thread_id),
+            key=lambda r: r.queue_pos,
+        )
+
+    async def list_messages(self, user_id: str, thread_id: str) -> list[MessageRecord]:
+        await self.get_thread(user_id, thread_id)
+        return list(self._messages[thread_id])
+
+    def project(self, events: Sequence[StoredEvent]) -> None:
+        """Apply a committed batch to the runs it touches (the log's projector)."""
+        for change in project_batch(events):
+            record = self._runs.get(change.run_id)
+            if record is None:
+                continue
+            updates: dict[str, object] = {"last_seq": change.last_seq}
+            if change.first_seq is not None and record.first_seq is None:
+                updates["first_seq"] = change.first_seq
+            if change.started_at is not None and record.status == RunStatus.QUEUED:
+                updates["status"] = RunStatus.RUNNING
+                updates["started_at"] = change.started_at
+            if change.status is not None:
+                updates.update(
+                    status=change.status,
+                    ended_at=change.ended_at,
+                    output=change.output,
+                    error=change.error,
+                )
+                if change.output is not None and not change.is_sub_run:
+                    self._add_message(
+                        record.thread_id, record.run_id, "assistant", change.output,
+                        change.ended_at or time.time(),
+                    )  # fmt: skip
+            self._runs[change.run_id] = replace(record, **updates)  # type: ignore[arg-type]
+
+    def _add_message(
+        self, thread_id: str, run_id: str | None, role: str, content: str, at: float
+    ) -> None:
+        message_id = f"msg_{next(self._message_ids):08d}"
+        self._messages[thread_id].append(
+            MessageRecord(message_id, thread_id, run_id, role, content, at)
+        )

@@ -39,13 +39,17 @@ class FlakyLog:
             raise LogUnavailable("disk on fire (injected)")
         return await self.inner.append(drafts)
 
-    async def read(self, thread_id: str, after_seq: int = 0, limit: int = 1000) -> list[StoredEvent]:
+    async def read(
+        self, thread_id: str, after_seq: int = 0, limit: int = 1000
+    ) -> list[StoredEvent]:
         return await self.inner.read(thread_id, after_seq, limit)
 
     async def info(self, thread_id: str) -> StreamInfo:
         return await self.inner.info(thread_id)
 
-    async def follow(self, thread_id: str, after_seq: int = 0, epoch: str | None = None) -> Follower:
+    async def follow(
+        self, thread_id: str, after_seq: int = 0, epoch: str | None = None
+    ) -> Follower:
         if self.fail_follow:
             raise LogUnavailable("live path broken (injected)")
         return await self.inner.follow(thread_id, after_seq, epoch)

@@ -236,6 +236,7 @@ class Bridge:
                     for p in batch:
                         if not p.future.done():
                             p.future.set_exception(exc)
+                        queue.task_done()
                     continue
                 await self._append_failed(exc)
                 continue
@@ -252,6 +253,7 @@ class Bridge:
                 self.metrics.append_latency.observe(now - p.queued_at)
                 if not p.future.done():
                     p.future.set_result(ev)
+                queue.task_done()
 
     async def _append_failed(self, exc: BaseException) -> None:
         self.metrics.append_failures.inc()
@@ -269,9 +271,7 @@ class Bridge:
         the probe, so this only reports.
         """
         if "append" in self._faults:
-            report = HealthReport(
-                False, self.state, None, self._faults["append"], time.time()
-            )
+            report = HealthReport(False, self.state, None, self._faults["append"], time.time())
             self.last_report = report
             return report
         started = time.perf_counter()
@@ -346,7 +346,9 @@ class Bridge:
     def _backoff(self) -> float:
         """Exponential backoff with jitter, capped at ``recovery_max_s``."""
         s = self.settings
-        ceiling = min(s.recovery_max_s, s.recovery_base_s * 2 ** max(0, self._failures - 1))
+        ceiling: float = min(
+            s.recovery_max_s, s.recovery_base_s * 2.0 ** max(0, self._failures - 1)
+        )
         return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
 
     def _fault(self, source: str, detail: str) -> None:
@@ -413,11 +415,15 @@ class Bridge:
 
     # Reading -----------------------------------------------------------------------
 
-    async def follow(self, thread_id: str, after_seq: int = 0, epoch: str | None = None) -> Follower:
+    async def follow(
+        self, thread_id: str, after_seq: int = 0, epoch: str | None = None
+    ) -> Follower:
         """Follow a thread's stream from a position (see ``log.base.resolve_start``)."""
         return await self.log.follow(thread_id, after_seq, epoch)
 
-    async def read(self, thread_id: str, after_seq: int = 0, limit: int = 1000) -> list[StoredEvent]:
+    async def read(
+        self, thread_id: str, after_seq: int = 0, limit: int = 1000
+    ) -> list[StoredEvent]:
         """Read retained events of a thread after ``after_seq``."""
         return await self.log.read(thread_id, after_seq, limit)
 
@@ -444,9 +450,9 @@ class Bridge:
         self._closing = True
         timeout = self.settings.shutdown_grace_s if drain_timeout is None else drain_timeout
         if self._queue is not None:
-            deadline = time.monotonic() + timeout
-            while (self._inflight or not self._queue.empty()) and time.monotonic() < deadline:
-                await asyncio.sleep(0.005)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._queue.join()  # every event appended (or failed loudly)
         await self._stop_tasks()
         leftovers = list(self._inflight)
         if self._queue is not None:
@@ -454,7 +460,9 @@ class Bridge:
                 leftovers.append(self._queue.get_nowait())
         for p in leftovers:
             if not p.future.done():
-                p.future.set_exception(Unavailable("the bridge closed before this event was appended"))
+                p.future.set_exception(
+                    Unavailable("the bridge closed before this event was appended")
+                )
         self._inflight = []
         if self.state is not BridgeState.UNINITIALIZED:
             with contextlib.suppress(Exception):

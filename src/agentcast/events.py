@@ -88,13 +88,13 @@ class _Payload(
     """Base of every payload: strict, immutable, optional fields omitted."""
 
 
-class AgentStarted(_Payload):
+class AgentStarted(_Payload, frozen=True):
     """A run (or sub-run) began; ``message`` is its input."""
 
     message: str
 
 
-class AgentThinking(_Payload):
+class AgentThinking(_Payload, frozen=True):
     """A reasoning step the user should see."""
 
     reasoning: str
@@ -102,7 +102,7 @@ class AgentThinking(_Payload):
     progress: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
 
 
-class ToolExecuting(_Payload):
+class ToolExecuting(_Payload, frozen=True):
     """A tool call started; secrets in ``parameters`` are already redacted."""
 
     tool_call_id: NonEmpty
@@ -116,7 +116,7 @@ class ToolExecuting(_Payload):
             raise ValueError("parameters must be an object")
 
 
-class ToolCompleted(_Payload):
+class ToolCompleted(_Payload, frozen=True):
     """A tool call ended: ``results`` on success, ``error`` otherwise."""
 
     tool_call_id: NonEmpty
@@ -134,21 +134,21 @@ class ToolCompleted(_Payload):
             raise ValueError("a failed tool call has an error and no results")
 
 
-class TextDelta(_Payload):
+class TextDelta(_Payload, frozen=True):
     """A chunk of streamed text (coalesced tokens) of message ``message_id``."""
 
     message_id: NonEmpty
     delta: str
 
 
-class Progress(_Payload):
-    """Coarse progress, 0–100."""
+class Progress(_Payload, frozen=True):
+    """Coarse progress, 0 to 100."""
 
     percentage: Annotated[float, msgspec.Meta(ge=0, le=100)]
     message: str | None = None
 
 
-class AgentCompleted(_Payload, kw_only=True, omit_defaults=False):
+class AgentCompleted(_Payload, frozen=True, kw_only=True, omit_defaults=False):
     """The run succeeded."""
 
     status: Literal["success"] = "success"
@@ -157,7 +157,7 @@ class AgentCompleted(_Payload, kw_only=True, omit_defaults=False):
     result: Any | msgspec.UnsetType = msgspec.UNSET
 
 
-class AgentError(_Payload):
+class AgentError(_Payload, frozen=True):
     """The run failed; ``message`` is sanitised (no paths, no secrets)."""
 
     error_type: NonEmpty
@@ -165,14 +165,14 @@ class AgentError(_Payload):
     duration_ms: NonNegative
 
 
-class AgentCancelled(_Payload):
+class AgentCancelled(_Payload, frozen=True):
     """The run was cancelled."""
 
     reason: str
     duration_ms: NonNegative
 
 
-class Custom(_Payload):
+class Custom(_Payload, frozen=True):
     """An application-defined event."""
 
     name: NonEmpty

@@ -76,9 +76,7 @@ async def test_timeout_ends_the_run_and_its_open_tool_call(make_engine: EngineFa
 async def test_cancel_by_run_stops_countdown_within_a_second(make_engine: EngineFactory) -> None:
     engine = await make_engine()
     ticket = await engine.runner.start_run("alice", "countdown", "50 100")
-    await wait_until(
-        lambda: engine.runner.running_count == 1, message="countdown to start running"
-    )
+    await wait_until(lambda: engine.runner.running_count == 1, message="countdown to start running")
     await asyncio.sleep(0.15)
     t0 = time.monotonic()
     run_id, status = await engine.runner.cancel("alice", run_id=ticket.run_id)

@@ -43,7 +43,7 @@ PATH_PLACEHOLDER: Final = "<path>"
 _KEY_VALUE: Final = re.compile(
     r"""(?<![\w.-])(?P<q>["']?)(?P<key>[A-Za-z_][\w.-]*)(?P=q)(?P<sep>\s*(?:=|:(?!//))\s*)"""
     r"""(?P<scheme>(?:Bearer|Basic|Digest|Token|bearer)\s+)?"""
-    r"""(?P<value>"[^"]*"|'[^']*'|[^\s,;&)}\]]+)"""
+    r"""(?P<value>"[^"]{0,512}"|'[^']{0,512}'|[^\s,;&)}\]]{1,512})"""
 )
 _AUTH_SCHEME: Final = re.compile(
     r"\b(?:(?P<scheme>[Bb]earer)\s+[\w.~+/=-]+|(?P<basic>Basic)\s+(?=\S*[0-9=+/])[\w.~+/=-]{6,})"

@@ -33,10 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import json
 import logging
-import os
 import queue
 import sqlite3
 import threading
@@ -45,9 +42,10 @@ from concurrent.futures import Future as ThreadFuture
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, TypeVar, cast
+from typing import Any, Final, Literal, NamedTuple, TypeVar, cast
 
-from ..errors import DataDirLocked, InternalError, LogUnavailable
+from ..errors import InternalError, LogUnavailable
+from .lock import LOCK_FILENAME, DataDirLock
 from .schema import MIGRATIONS, SCHEMA_VERSION
 
 __all__ = ["LOCK_FILENAME", "MAX_GROUP_OPS", "SqliteDatabase", "WriteStats"]
@@ -59,7 +57,6 @@ Synchronous = Literal["FULL", "NORMAL"]
 
 #: Most ops committed in one transaction; the rest wait for the next group.
 MAX_GROUP_OPS: Final = 1024
-LOCK_FILENAME: Final = "agentcast.lock"
 _BUSY_TIMEOUT_S: Final = 5.0
 
 
@@ -72,20 +69,12 @@ class WriteStats:
     groups_failed: int = 0
 
 
-class _Op:
+class _Op(NamedTuple):
     """One queued write: the function, its caller's future, its commit callback."""
 
-    __slots__ = ("fn", "future", "on_commit")
-
-    def __init__(
-        self,
-        fn: Callable[[sqlite3.Connection], Any],
-        future: asyncio.Future[Any],
-        on_commit: Callable[[Any], None] | None,
-    ) -> None:
-        self.fn = fn
-        self.future = future
-        self.on_commit = on_commit
+    fn: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any]
+    on_commit: Callable[[Any], None] | None
 
 
 _STOP: Final = object()  # sentinel that ends the writer thread
@@ -127,7 +116,7 @@ class SqliteDatabase:
         self._is_open = False
         self._accepting = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._lock_fd: int | None = None
+        self._lock = DataDirLock(self._data_dir)
         self._queue: queue.SimpleQueue[_Op | object] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._writer_done: asyncio.Future[None] | None = None
@@ -178,12 +167,12 @@ class SqliteDatabase:
             if self._is_open:
                 return
             self._loop = asyncio.get_running_loop()
-            self._lock_fd, previous = await asyncio.to_thread(self._acquire_lock)
+            previous = await asyncio.to_thread(self._lock.acquire)
             try:
                 rotate = previous.get("state") == "open" and previous.get("synchronous") != "FULL"
                 await self._start_writer(rotate_epochs=rotate)
                 self._epochs_rotated = rotate
-                await asyncio.to_thread(self._write_marker, "open")
+                await asyncio.to_thread(self._lock.mark, "open", self._synchronous)
                 await asyncio.to_thread(self._open_readers)
                 self._start_checkpointer()
             except BaseException:
@@ -235,40 +224,6 @@ class SqliteDatabase:
         if not self._accepting or pool is None or self._loop is None:
             raise LogUnavailable(f"database {self._path} is not open")
         return await self._loop.run_in_executor(pool, self._run_read, op)
-
-    # Private methods: lock file
-
-    def _acquire_lock(self) -> tuple[int, dict[str, Any]]:
-        """Take the directory lock; return its fd and the previous session's marker."""
-        self._data_dir.mkdir(parents=True, exist_ok=True)
-        lock_path = self._data_dir / LOCK_FILENAME
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            # flock locks an open file description, so a second SqliteDatabase
-            # in this same process is refused too (invariant 10).
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_marker(fd).get("pid", "unknown")
-            os.close(fd)
-            raise DataDirLocked(
-                f"data directory {self._data_dir} is already in use (lock {lock_path} is "
-                f"held by pid {holder}); stop the other agentcast process or use another "
-                "--data-dir"
-            ) from None
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd, _read_marker(fd)
-
-    def _write_marker(self, state: str) -> None:
-        """Record this session's state in the lock file, durably."""
-        fd = self._lock_fd
-        if fd is None:
-            return
-        data = json.dumps({"pid": os.getpid(), "state": state, "synchronous": self._synchronous})
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, data.encode(), 0)
-        os.fsync(fd)
 
     # Private methods: writer thread
 
@@ -347,8 +302,6 @@ class SqliteDatabase:
                         stopping = True
                         break
                     group.append(cast(_Op, item))
-                if conn is None:
-                    conn = self._reconnect_writer()
                 outcomes, conn = self._run_group(conn, group)
                 _call_soon(loop, self._deliver, group, outcomes)
         finally:
@@ -357,13 +310,6 @@ class SqliteDatabase:
                     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
                 conn.close()
             _call_soon(loop, self._writer_stopped)
-
-    def _reconnect_writer(self) -> sqlite3.Connection | None:
-        try:
-            return self._connect_writer(False)
-        except Exception:
-            logger.exception("cannot reopen the writer connection of %s", self._path)
-            return None
 
     def _run_group(
         self, conn: sqlite3.Connection | None, group: list[_Op]
@@ -374,8 +320,11 @@ class SqliteDatabase:
         ``(False, exception)``. The returned connection is ``None`` when it
         is no longer trustworthy (it is reopened for the next group).
         """
-        if conn is None:
-            return self._fail_group(group, LogUnavailable(f"cannot open {self._path}")), None
+        try:
+            if conn is None:  # dropped after a failed rollback: reopen it
+                conn = self._connect_writer(False)
+        except Exception as exc:
+            return self._fail_group(group, exc), None
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -507,25 +456,13 @@ class SqliteDatabase:
         if self._reader_pool is not None:
             await asyncio.to_thread(self._reader_pool.shutdown, True)
             self._reader_pool = None
-        while True:
-            try:
-                self._reader_conns.get_nowait().close()
-            except queue.Empty:
-                break
-        if self._lock_fd is not None:
+        while not self._reader_conns.empty():
+            self._reader_conns.get_nowait().close()
+        if self._lock.held:
             if clean:
                 with contextlib.suppress(OSError):
-                    await asyncio.to_thread(self._write_marker, "closed")
-            os.close(self._lock_fd)  # releases the flock
-            self._lock_fd = None
-
-
-def _read_marker(fd: int) -> dict[str, Any]:
-    try:
-        data = json.loads(os.pread(fd, 4096, 0) or b"{}")
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+                    await asyncio.to_thread(self._lock.mark, "closed", self._synchronous)
+            self._lock.release()
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:

@@ -163,7 +163,9 @@ class EventLog(Protocol):
         """
         ...
 
-    async def read(self, thread_id: str, after_seq: int = 0, limit: int = 1000) -> list[StoredEvent]:
+    async def read(
+        self, thread_id: str, after_seq: int = 0, limit: int = 1000
+    ) -> list[StoredEvent]:
         """Up to ``limit`` retained events with ``seq > after_seq``, in order."""
         ...
 

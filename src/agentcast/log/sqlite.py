@@ -288,7 +288,8 @@ class SqliteLog:
     ) -> tuple[list[list[StoredEvent]], list[StoredEvent]]:
         """Store the batches in order; return each batch as stored, and what is new."""
         known = _stored_by_id(conn, {d.event_id for drafts in batches for d in drafts})
-        heads: dict[str, int] = {}
+        # One query for every stream of the group, not one per thread (hot path).
+        heads = _heads(conn, {d.thread_id for drafts in batches for d in drafts})
         stored: list[list[StoredEvent]] = []
         new: list[StoredEvent] = []
         new_per_batch: list[list[StoredEvent]] = []
@@ -299,9 +300,7 @@ class SqliteLog:
             for draft in drafts:
                 event = known.get(draft.event_id)
                 if event is None:  # invariant 7: a known event_id is never stored twice
-                    head = heads.get(draft.thread_id)
-                    if head is None:
-                        head = _get_or_create(draft.thread_id, conn)[2]
+                    head = heads[draft.thread_id]
                     # Invariant 2: seqs come from streams.last_seq read in this
                     # transaction, so a rolled-back group reissues nothing.
                     seq = heads[draft.thread_id] = head + 1
@@ -395,6 +394,21 @@ def _get_or_create(thread_id: str, conn: sqlite3.Connection) -> tuple[str, int, 
             (thread_id, *row),
         )
     return row  # type: ignore[no-any-return]
+
+
+def _heads(conn: sqlite3.Connection, thread_ids: set[str]) -> dict[str, int]:
+    """``last_seq`` of each stream, read in this transaction; new streams are created."""
+    ids = list(thread_ids)
+    heads: dict[str, int] = {}
+    for i in range(0, len(ids), _ID_CHUNK):
+        chunk = ids[i : i + _ID_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        sql = f"SELECT thread_id, last_seq FROM streams WHERE thread_id IN ({marks})"
+        heads.update(conn.execute(sql, chunk).fetchall())
+    for thread_id in ids:
+        if thread_id not in heads:
+            heads[thread_id] = _get_or_create(thread_id, conn)[2]
+    return heads
 
 
 def _stored_by_id(conn: sqlite3.Connection, event_ids: Iterable[str]) -> dict[str, StoredEvent]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -28,7 +27,7 @@ from ..agents.sanitize import sanitize_error
 from ..bridge import Bridge
 from ..config import EngineSettings
 from ..errors import InvalidInput, NotFound, RunActive, Unavailable
-from ..events import EventType
+from ..events import EventType, bounded_json
 from ..log.base import StoredEvent
 from ..store.base import NewRun, RunRecord, RunStatus, Store
 from ..types import new_run_id
@@ -392,7 +391,7 @@ class Runner:
                 "status": "success", "final_response": final, "duration_ms": elapsed_ms(),
             }  # fmt: skip
             if structured is not msgspec.UNSET:
-                data["result"] = structured
+                data["result"] = bounded_json(structured, self.settings.max_value_bytes)
             await self._emit(rec, EventType.AGENT_COMPLETED, data)
             return _Outcome(RunStatus.COMPLETED, final)
         except asyncio.CancelledError:

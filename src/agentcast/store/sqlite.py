@@ -120,7 +120,9 @@ class SqliteStore:
                 RunStatus.QUEUED.value, now, None, None, None, None, None, None,
                 run.idempotency_key, pos,
             )  # fmt: skip
-            conn.execute(f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({', '.join('?' * 16)})", values)
+            conn.execute(
+                f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({', '.join('?' * 16)})", values
+            )
             if run.parent_run_id is None:
                 _insert_message(conn, run.thread_id, run.run_id, "user", run.input, now)
                 conn.execute(
@@ -204,7 +206,8 @@ class SqliteStore:
                 )
             if change.status is None:
                 conn.execute(
-                    "UPDATE runs SET last_seq = ? WHERE run_id = ?", (change.last_seq, change.run_id)
+                    "UPDATE runs SET last_seq = ? WHERE run_id = ?",
+                    (change.last_seq, change.run_id),
                 )
                 continue
             conn.execute(

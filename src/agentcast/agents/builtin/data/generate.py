@@ -19,6 +19,7 @@ import random
 import sys
 from datetime import date, timedelta
 from pathlib import Path
+from types import MappingProxyType
 from typing import Final
 
 from ..spend_data import CSV_COLUMNS, PRICES
@@ -32,27 +33,31 @@ DAYS: Final = 90
 MODELS: Final = tuple(PRICES)
 
 #: Base daily requests per team, in the order of :data:`MODELS`.
-REQUESTS: Final[dict[str, tuple[int, ...]]] = {
-    "search": (6000, 9000, 1500, 2000, 800, 4000),
-    "support": (3000, 5000, 4500, 1500, 200, 1000),
-    "growth": (2500, 3000, 800, 600, 1200, 2500),
-    "platform": (1200, 6000, 2000, 3000, 500, 1500),
-    "analytics": (1500, 800, 2500, 400, 1800, 700),
-    "mobile": (800, 7000, 300, 2500, 300, 5000),
-}
+REQUESTS: Final = MappingProxyType(
+    {
+        "search": (6000, 9000, 1500, 2000, 800, 4000),
+        "support": (3000, 5000, 4500, 1500, 200, 1000),
+        "growth": (2500, 3000, 800, 600, 1200, 2500),
+        "platform": (1200, 6000, 2000, 3000, 500, 1500),
+        "analytics": (1500, 800, 2500, 400, 1800, 700),
+        "mobile": (800, 7000, 300, 2500, 300, 5000),
+    }
+)
 
 #: Per team: mean input tokens, mean output tokens, base prompt-cache hit rate.
-PROFILE: Final[dict[str, tuple[int, int, float]]] = {
-    "search": (3000, 350, 0.35),
-    "support": (2200, 450, 0.15),
-    "growth": (1200, 600, 0.05),
-    "platform": (1800, 300, 0.45),
-    "analytics": (4500, 800, 0.20),
-    "mobile": (800, 200, 0.10),
-}
+PROFILE: Final = MappingProxyType(
+    {
+        "search": (3000, 350, 0.35),
+        "support": (2200, 450, 0.15),
+        "growth": (1200, 600, 0.05),
+        "platform": (1800, 300, 0.45),
+        "analytics": (4500, 800, 0.20),
+        "mobile": (800, 200, 0.10),
+    }
+)
 
 #: How readily each provider's cache is used (explicit cache control costs effort).
-CACHE_FACTOR: Final = {"openai": 1.0, "anthropic": 0.6, "google": 0.4}
+CACHE_FACTOR: Final = MappingProxyType({"openai": 1.0, "anthropic": 0.6, "google": 0.4})
 
 #: analytics' week-long batch job on the pro model (day offsets, multiplier).
 BATCH: Final = (range(40, 47), "analytics", "gemini-1.5-pro", 4.0)

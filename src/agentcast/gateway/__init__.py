@@ -1,0 +1,1 @@
+"""The network side: Starlette app, WebSocket and HTTP API, SSE, auth, health."""

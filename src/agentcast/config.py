@@ -59,7 +59,6 @@ class EngineSettings:
 
     # --- log
     tail_events_per_thread: int = 1024
-    retention_max_events: int | None = None
 
     def __post_init__(self) -> None:
         if self.log_backend not in ("sqlite", "memory"):

@@ -25,20 +25,24 @@ from collections.abc import Iterable, Sequence
 
 from .base import StoredEvent
 
-__all__ = ["DEFAULT_TAIL_EVENTS", "DEFAULT_TAIL_THREADS", "Tail"]
+__all__ = ["DEFAULT_TAIL_BYTES", "DEFAULT_TAIL_EVENTS", "DEFAULT_TAIL_THREADS", "Tail"]
 
 DEFAULT_TAIL_EVENTS = 1024
 DEFAULT_TAIL_THREADS = 10_000
+#: The whole tail's budget of envelope bytes; beyond it whole threads are
+#: evicted, least recently used first (their followers fall back to the backend).
+DEFAULT_TAIL_BYTES = 64 * 1024 * 1024
 
 
 class _ThreadTail:
     """One thread's recent events: ``events[i].seq == floor + 1 + i``."""
 
-    __slots__ = ("events", "floor")
+    __slots__ = ("events", "floor", "nbytes")
 
     def __init__(self, floor: int) -> None:
         self.floor = floor
         self.events: list[StoredEvent] = []
+        self.nbytes = 0
 
     @property
     def head(self) -> int:
@@ -54,15 +58,21 @@ class Tail:
     Args:
         max_events: Events kept per thread (the oldest are dropped first).
         max_threads: Threads tracked (least recently used evicted first).
+        max_bytes: Envelope bytes held in all (least recently used threads evicted first).
     """
 
     def __init__(
-        self, max_events: int = DEFAULT_TAIL_EVENTS, max_threads: int = DEFAULT_TAIL_THREADS
+        self,
+        max_events: int = DEFAULT_TAIL_EVENTS,
+        max_threads: int = DEFAULT_TAIL_THREADS,
+        max_bytes: int = DEFAULT_TAIL_BYTES,
     ) -> None:
-        if max_events < 1 or max_threads < 1:
+        if max_events < 1 or max_threads < 1 or max_bytes < 1:
             raise ValueError("tail bounds must be >= 1")
         self._max_events = max_events
         self._max_threads = max_threads
+        self._max_bytes = max_bytes
+        self._nbytes = 0
         self._threads: OrderedDict[str, _ThreadTail] = OrderedDict()
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._closed = False
@@ -111,18 +121,25 @@ class Tail:
         if entry is None or before_seq - 1 <= entry.floor:
             return
         drop = min(before_seq - 1 - entry.floor, len(entry.events))
-        del entry.events[:drop]
-        entry.floor += drop
+        self._drop_oldest(entry, drop)
         if entry.floor < before_seq - 1:  # trimmed beyond what we held: nothing left
             entry.floor = before_seq - 1
 
     def forget(self, thread_id: str) -> None:
         """Drop a thread's events (its waiters stay)."""
-        self._threads.pop(thread_id, None)
+        entry = self._threads.pop(thread_id, None)
+        if entry is not None:
+            self._nbytes -= entry.nbytes
 
     def clear(self) -> None:
         """Drop every thread's events (e.g. after the backend was reopened)."""
         self._threads.clear()
+        self._nbytes = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Envelope bytes held now."""
+        return self._nbytes
 
     # Public methods: notification
 
@@ -182,20 +199,36 @@ class Tail:
         elif event.seq != entry.head + 1:
             # A gap (e.g. we were not told about some commit): restart the
             # contiguous range here; older cursors go to the backend.
+            self._drop_oldest(entry, len(entry.events))
             entry.floor = event.seq - 1
-            entry.events.clear()
         self._threads.move_to_end(event.thread_id)
         entry.events.append(event)
+        entry.nbytes += len(event.raw)
+        self._nbytes += len(event.raw)
         if len(entry.events) > self._max_events:
-            excess = len(entry.events) - self._max_events
-            del entry.events[:excess]
-            entry.floor += excess
+            self._drop_oldest(entry, len(entry.events) - self._max_events)
+        while self._nbytes > self._max_bytes and len(self._threads) > 1:
+            _, evicted = self._threads.popitem(last=False)
+            self._nbytes -= evicted.nbytes
+        if self._nbytes > self._max_bytes:  # one thread alone over budget: keep its newest
+            while len(entry.events) > 1 and self._nbytes > self._max_bytes:
+                self._drop_oldest(entry, 1)
+
+    def _drop_oldest(self, entry: _ThreadTail, count: int) -> None:
+        """Drop ``count`` oldest events of ``entry``, raising its floor."""
+        dropped = entry.events[:count]
+        del entry.events[:count]
+        entry.floor += len(dropped)
+        freed = sum(len(e.raw) for e in dropped)
+        entry.nbytes -= freed
+        self._nbytes -= freed
 
     def _track(self, thread_id: str, floor: int) -> _ThreadTail:
         entry = _ThreadTail(floor)
         self._threads[thread_id] = entry
         while len(self._threads) > self._max_threads:
-            self._threads.popitem(last=False)
+            _, evicted = self._threads.popitem(last=False)
+            self._nbytes -= evicted.nbytes
         return entry
 
 

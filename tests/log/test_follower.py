@@ -187,3 +187,23 @@ async def test_one_next_batch_at_a_time() -> None:
     assert follower.closed
     with pytest.raises(FollowerClosed, match="follower closed"):
         await pending
+
+
+def test_tail_byte_budget_evicts_least_recently_used_threads() -> None:
+    def ev(thread: str, seq: int, size: int) -> StoredEvent:
+        return StoredEvent(thread, seq, f"{thread}-{seq}", "r", None, "custom", 0.0, b"x" * size)
+
+    tail = Tail(max_events=100, max_threads=100, max_bytes=1000)
+    tail.publish([ev("a", 1, 400), ev("a", 2, 400)])
+    tail.publish([ev("b", 1, 400)])  # over budget: "a" (least recently used) goes
+    assert tail.read("a", 0, 10) is None
+    assert [e.seq for e in tail.read("b", 0, 10) or []] == [1]
+    assert tail.nbytes == 400
+    tail.publish([ev("b", 2, 400), ev("b", 3, 400)])  # one thread alone: keep the newest
+    assert tail.floor("b") == 1
+    assert [e.seq for e in tail.read("b", 1, 10) or []] == [2, 3]
+    assert tail.nbytes == 800
+    tail.trim("b", 3)
+    assert tail.nbytes == 400
+    tail.forget("b")
+    assert tail.nbytes == 0

@@ -156,8 +156,7 @@ class Bridge:
                     raise Unavailable(f"initial health probe failed: {report.detail}")
         except BaseException as exc:
             await self._stop_tasks()
-            with contextlib.suppress(Exception):
-                await self.log.close()
+            await _close_logged(self.log)
             reason = "init timed out" if isinstance(exc, TimeoutError) else f"init failed: {exc}"
             self._lifecycle.transition(BridgeState.FAILED, reason)
             if isinstance(exc, Exception) and not isinstance(exc, Unavailable):
@@ -410,8 +409,12 @@ class Bridge:
         for task in tasks:
             task.cancel()
         for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                logger.exception("background task failed while stopping")
 
     # Reading -----------------------------------------------------------------------
 
@@ -465,14 +468,21 @@ class Bridge:
                 )
         self._inflight = []
         if self.state is not BridgeState.UNINITIALIZED:
-            with contextlib.suppress(Exception):
-                await self.log.close()
+            await _close_logged(self.log)
         self._lifecycle.transition(BridgeState.CLOSED, "closed")
 
     def _on_state(self, old: BridgeState, new: BridgeState, reason: str) -> None:
         self.metrics.set_state(new)
         log = logger.warning if new in (BridgeState.DEGRADED, BridgeState.FAILED) else logger.info
         log("bridge %s -> %s (%s)", old, new, reason)
+
+
+async def _close_logged(log: EventLog) -> None:
+    """Close the log; a failure is logged (never hidden) and does not stop shutdown."""
+    try:
+        await log.close()
+    except Exception:
+        logger.exception("closing the event log failed")
 
 
 #: The name the system's audit knew it by.

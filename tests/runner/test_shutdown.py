@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,13 @@ async def test_shutdown_lets_short_runs_finish_and_cancels_the_rest(tmp_path: Pa
         assert await reopened.store.active_runs() == []
     finally:
         await reopened.shutdown(grace_s=0)
+
+
+async def test_queued_runs_do_not_hold_shutdown_for_the_grace_period(tmp_path: Path) -> None:
+    engine = Engine(EngineSettings(data_dir=tmp_path, max_runs_per_user=1), builtin_registry())
+    await engine.start()
+    await engine.runner.start_run("alice", "countdown", "2 20")
+    await engine.runner.start_run("alice", "echo", "queued behind it")
+    started = time.monotonic()
+    await engine.shutdown(grace_s=10)
+    assert time.monotonic() - started < 2

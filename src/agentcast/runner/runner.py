@@ -138,6 +138,11 @@ class Runner:
         """
         self._accepting = False
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        async with self._admission:
+            # Queued runs will not start any more: end them now rather than
+            # waiting out the grace period for them.
+            for slot in self._scheduler.queued_slots():
+                await self._cancel_slot(slot, SHUTTING_DOWN)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
                 await self._idle.wait()

@@ -74,6 +74,10 @@ class Scheduler(Generic[T]):
         running = self._thread_running.get(thread_id)
         return ([running] if running else []) + self.queued_in_thread(thread_id)
 
+    def queued_slots(self) -> list[Slot[T]]:
+        """Every waiting run, in the order they would start."""
+        return list(self._queue)
+
     def all_slots(self) -> list[Slot[T]]:
         """Every running and queued run."""
         return [*self._running.values(), *self._queue]

@@ -6,13 +6,18 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-fast lint typecheck bench clean
+.PHONY: serve test test-fast lint typecheck bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
+
+## Serve the demo on http://127.0.0.1:8000 (Ctrl-C stops it in order).
+## Then, in a second terminal: .venv/bin/agentcast run "where can we save money?"
+serve: $(STAMP)
+	$(BIN)/agentcast serve $(ARGS)
 
 ## Run every test (lint first). Slow and service-backed tests included.
 test: $(STAMP)

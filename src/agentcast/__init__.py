@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .engine import Engine, get_bridge, get_engine, set_default_engine
     from .errors import AgentcastError, CloseCode, ErrorCode
     from .events import Event, EventType, decode_event
+    from .gateway.app import create_app
     from .lifecycle import BridgeState
     from .runner import Runner, RunTicket
     from .types import StreamPosition
@@ -46,7 +47,7 @@ _LAZY = {
     "get_engine": "engine", "set_default_engine": "engine", "AgentcastError": "errors",
     "CloseCode": "errors", "ErrorCode": "errors", "Event": "events", "EventType": "events",
     "decode_event": "events", "BridgeState": "lifecycle", "Runner": "runner",
-    "RunTicket": "runner", "StreamPosition": "types",
+    "RunTicket": "runner", "StreamPosition": "types", "create_app": "gateway.app",
 }  # fmt: skip
 
 
@@ -84,6 +85,7 @@ __all__ = [
     "ToolTimeout",
     "__version__",
     "builtin_registry",
+    "create_app",
     "decode_event",
     "get_bridge",
     "get_engine",

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from ..engine import Engine
+from .metrics import GatewayMetrics
 from .settings import GatewaySettings
 
 if TYPE_CHECKING:
@@ -57,6 +58,11 @@ class Gateway:
     closing: bool = False
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    #: Request and connection metrics, exported from the engine's registry.
+    metrics: GatewayMetrics = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics = GatewayMetrics(self.connections, self.engine.metrics.registry)
 
     async def startup(self) -> None:
         """Start the engine (idempotent; the lifespan hook calls this)."""

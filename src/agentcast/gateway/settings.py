@@ -43,9 +43,13 @@ class GatewaySettings(BaseSettings):
     jwt_audience: str | None = None
     ticket_ttl_s: float = 60.0
     dev_token_ttl_s: float = 30 * 24 * 3600.0
+    #: Clock skew tolerated on ``exp``/``nbf``/``iat``, in seconds.
+    jwt_leeway_s: float = 0.0
 
     # --- HTTP
     cors_origins: list[str] = Field(default_factory=list)
+    #: Largest request body accepted (413 beyond).
+    http_max_body_bytes: int = 1024 * 1024
 
     # --- WebSocket
     ws_max_frame_bytes: int = 64 * 1024

@@ -1,0 +1,73 @@
+"""``/healthz``, ``/readyz`` and ``/metrics``: no credentials, nothing user-specific.
+
+* ``/healthz`` — liveness: 200 ``{"status": "ok"}`` while the process serves.
+  It does not look at the bridge: restarting a process whose log is down
+  would not bring the log back.
+* ``/readyz`` — readiness: 200 only while the bridge is ACTIVE and the
+  gateway is not shutting down, else 503; the body names the state and why
+  (DESIGN.md invariant 8: health comes from real probes of the live path,
+  which the bridge runs; this endpoint reports them, it does not probe).
+* ``/metrics`` — the engine's Prometheus registry, which also holds the
+  gateway's request and connection metrics.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..lifecycle import BridgeState
+
+if TYPE_CHECKING:
+    from .context import Gateway
+
+__all__ = ["METRICS_CONTENT_TYPE", "health_routes"]
+
+#: Prometheus text exposition format 0.0.4.
+METRICS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _json(content: Any, status_code: int = 200) -> Response:
+    return Response(msgspec.json.encode(content), status_code, media_type="application/json")
+
+
+def health_routes(gateway: Gateway) -> list[Route]:
+    """The three unauthenticated routes, bound to ``gateway``."""
+
+    async def healthz(request: Request) -> Response:
+        gateway.metrics.http_request("/healthz", 200)
+        return _json({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        bridge = gateway.engine.bridge
+        state = bridge.state
+        reason = bridge.reason
+        if gateway.closing:
+            reason = "shutting down"
+        ready = state is BridgeState.ACTIVE and not gateway.closing
+        report = bridge.last_report
+        body: dict[str, Any] = {"state": str(state), "reason": reason}
+        if report is not None:
+            body["last_probe"] = {
+                "ok": report.ok,
+                "latency_ms": report.latency_ms,
+                "detail": report.detail,
+                "checked_at": report.checked_at,
+            }
+        status = 200 if ready else 503
+        gateway.metrics.http_request("/readyz", status)
+        return _json(body, status)
+
+    async def metrics(request: Request) -> Response:
+        gateway.metrics.http_request("/metrics", 200)
+        return Response(gateway.engine.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+    return [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]

@@ -1,0 +1,283 @@
+"""A connection's send queue and its per-thread subscriptions.
+
+DESIGN.md, "One direction of flow": nothing writes to a socket except a
+subscription reading the log. Each :class:`Subscription` follows one thread
+with a :class:`~agentcast.log.base.Follower` and puts what it reads into the
+connection's :class:`Outbox`; one writer task per connection drains the outbox
+onto the socket.
+
+Backpressure (invariant 6, "bounded everything"):
+
+* The outbox is bounded in **bytes** (``ws_send_queue_bytes``), counting a
+  frame until the socket accepted it.
+* **Catch-up is paced from the log**: while a subscription is reading history
+  (its cursor is below the head that existed when it started) it reads the next
+  batch only when the outbox is below the bound. History stays in the log, not
+  in memory, and catch-up never counts as lag.
+* **Live lag is not tolerated**: live events (and control frames) that push the
+  live bytes of the outbox over the bound make the connection a slow consumer,
+  closed with 4008. The client resumes from the log; the agents and every other
+  connection never wait for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+from ..bridge import Bridge
+from ..errors import CloseCode
+from ..log.base import Follower, StoredEvent
+from ..log.follower import FollowerClosed, HistoryLost
+from ..protocol import Subscribed, encode_frame, pack_events
+
+__all__ = ["MAX_BATCH_FRAME_BYTES", "OutFrame", "Outbox", "Subscription"]
+
+logger = logging.getLogger(__name__)
+
+#: A ``?batch=1`` array frame holds events up to about this many bytes (a
+#: single larger event still goes alone), so a frame stays well under the
+#: default message size limits of client libraries (1 MiB for websockets).
+MAX_BATCH_FRAME_BYTES: Final = 256 * 1024
+
+
+@dataclass(slots=True, eq=False)
+class _Entry:
+    """One queued frame payload: a control frame or one stored event."""
+
+    data: bytes
+    live: bool
+    owner: Subscription | None = None
+    event: StoredEvent | None = None
+
+
+@dataclass(slots=True, eq=False)
+class OutFrame:
+    """A frame ready to send, and what it accounts for until :meth:`Outbox.done`."""
+
+    data: bytes
+    entries: list[_Entry]
+    events: list[StoredEvent] = field(default_factory=list)
+
+
+class Outbox:
+    """The byte-bounded send queue of one connection (a FIFO of frames).
+
+    Args:
+        limit_bytes: The bound; see the module docstring for how it applies.
+        batch: Pack consecutive events into one JSON array frame (``?batch=1``).
+    """
+
+    def __init__(self, limit_bytes: int, *, batch: bool) -> None:
+        self.limit_bytes = limit_bytes
+        self.batch = batch
+        self._entries: deque[_Entry] = deque()
+        self.total_bytes = 0  # queued + in flight
+        self.live_bytes = 0  # the part of total_bytes that is live
+        self._ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._progress = asyncio.Event()
+        self._inflight = 0
+
+    # Public methods
+
+    @property
+    def empty(self) -> bool:
+        """Nothing queued and nothing in flight."""
+        return not self._entries and self._inflight == 0
+
+    def put_control(self, data: bytes) -> bool:
+        """Queue a control frame; return ``False`` if the client is now a slow consumer."""
+        self._push(_Entry(data, live=True))
+        return self.live_bytes <= self.limit_bytes
+
+    def put_events(self, owner: Subscription, events: list[StoredEvent], *, live: bool) -> bool:
+        """Queue a batch of events; return ``False`` if live bytes now exceed the bound."""
+        for ev in events:
+            self._push(_Entry(ev.raw, live, owner, ev))
+        return not live or self.live_bytes <= self.limit_bytes
+
+    async def wait_room(self) -> None:
+        """Wait until the outbox is below its bound (catch-up pacing)."""
+        await self._room.wait()
+
+    async def next_frame(self) -> OutFrame:
+        """Wait for something to send and take the next frame (the writer's side)."""
+        while not self._entries:
+            self._ready.clear()
+            await self._ready.wait()
+        first = self._entries.popleft()
+        taken = [first]
+        if first.event is not None and self.batch:
+            size = len(first.data)
+            while self._entries:
+                nxt = self._entries[0]
+                if nxt.event is None or size + len(nxt.data) + 1 > MAX_BATCH_FRAME_BYTES:
+                    break
+                taken.append(self._entries.popleft())
+                size += len(nxt.data) + 1
+            data = pack_events([e.data for e in taken])
+        else:
+            data = first.data
+        self._inflight += 1
+        events = [e.event for e in taken if e.event is not None]
+        return OutFrame(data, taken, events)
+
+    def done(self, frame: OutFrame) -> None:
+        """The socket accepted ``frame``: release its bytes, advance its subscriptions."""
+        self._inflight -= 1
+        for entry in frame.entries:
+            self._release(entry)
+            if entry.owner is not None and entry.event is not None:
+                entry.owner.sent_seq = entry.event.seq
+        self._progress.set()
+
+    def purge(self, owner: Subscription) -> None:
+        """Drop what ``owner`` queued and was not taken yet (unsubscribe, replace)."""
+        kept: deque[_Entry] = deque()
+        for entry in self._entries:
+            if entry.owner is owner:
+                self._release(entry)
+            else:
+                kept.append(entry)
+        self._entries = kept
+        self._progress.set()
+
+    async def wait_progress(self) -> None:
+        """Wait until a frame is sent or entries are dropped (clear, then check, then wait)."""
+        await self._progress.wait()
+
+    def clear_progress(self) -> None:
+        """Re-arm :meth:`wait_progress`; call before checking the condition waited for."""
+        self._progress.clear()
+
+    # Private methods
+
+    def _push(self, entry: _Entry) -> None:
+        size = len(entry.data)
+        self._entries.append(entry)
+        self.total_bytes += size
+        if entry.live:
+            self.live_bytes += size
+        if self.total_bytes >= self.limit_bytes:
+            self._room.clear()
+        self._ready.set()
+
+    def _release(self, entry: _Entry) -> None:
+        size = len(entry.data)
+        self.total_bytes -= size
+        if entry.live:
+            self.live_bytes -= size
+        if self.total_bytes < self.limit_bytes:
+            self._room.set()
+
+
+class Subscription:
+    """One thread followed by one connection: catch-up, then live, each event once.
+
+    Args:
+        thread_id: The thread followed.
+        follower: The follower, already started at the requested position.
+        head: The thread's head when the follow started; below it the
+            subscription is catching up (paced), from it on it is live.
+        outbox: The connection's send queue.
+        bridge: For re-following after lost history.
+        batch_size: Events per read (``catchup_batch``).
+        fail: Closes the connection with a code and reason (slow consumer,
+            log gone); must not block.
+    """
+
+    def __init__(
+        self,
+        thread_id: str,
+        follower: Follower,
+        head: int,
+        *,
+        outbox: Outbox,
+        bridge: Bridge,
+        batch_size: int,
+        fail: Callable[[int, str], None],
+    ) -> None:
+        self.thread_id = thread_id
+        self.follower = follower
+        self.head = head
+        #: The seq of the last event of this subscription the socket accepted.
+        self.sent_seq = follower.start.after_seq
+        self.task: asyncio.Task[None] | None = None
+        self._outbox = outbox
+        self._bridge = bridge
+        self._batch_size = batch_size
+        self._fail = fail
+        self._stopping = False
+
+    # Public methods
+
+    @property
+    def catching_up(self) -> bool:
+        """Whether the subscription is still reading what existed when it started."""
+        return self.follower.cursor < self.head
+
+    async def run(self) -> None:
+        """Move events from the log to the outbox until cancelled or the connection fails."""
+        while True:
+            live = not self.catching_up
+            if not live:
+                await self._outbox.wait_room()
+            try:
+                batch = await self.follower.next_batch(self._batch_size)
+            except HistoryLost as exc:
+                logger.info("subscription to %s lost history: %s", self.thread_id, exc)
+                if not await self._refollow():
+                    return
+                continue
+            except FollowerClosed:
+                if self._stopping:
+                    return  # we closed it: unsubscribed or replaced
+                # The log itself closed under a live connection: tell the client
+                # to come back (it resumes from its position).
+                self._fail(CloseCode.GOING_AWAY, "event log closed")
+                return
+            if not self._outbox.put_events(self, batch, live=live):
+                self._fail(CloseCode.SLOW_CONSUMER, "slow consumer: resume from the log")
+                return
+
+    async def stop(self) -> None:
+        """Cancel the task, close the follower and drop what was queued but not sent."""
+        self._stopping = True
+        task = self.task
+        if task is not None and not task.done():
+            task.cancel()
+            # wait() never raises the task's outcome (its done-callback reports
+            # that) but does propagate our own cancellation.
+            await asyncio.wait([task])
+        await self.follower.aclose()
+        self._outbox.purge(self)
+
+    # Private methods
+
+    async def _refollow(self) -> bool:
+        """Follow again from (epoch, cursor) and say where delivery really restarts.
+
+        The new start is ``recovered: false`` (the history is gone): an
+        unsolicited ``subscribed`` frame tells the client, never a silent gap.
+        """
+        old = self.follower
+        self.follower = await self._bridge.follow(self.thread_id, old.cursor, old.start.epoch)
+        await old.aclose()
+        self.head = (await self._bridge.info(self.thread_id)).last_seq
+        start = self.follower.start
+        frame = Subscribed(
+            thread_id=self.thread_id,
+            epoch=start.epoch,
+            after_seq=start.after_seq,
+            recovered=start.recovered,
+        )
+        if not self._outbox.put_control(encode_frame(frame)):
+            self._fail(CloseCode.SLOW_CONSUMER, "slow consumer: resume from the log")
+            return False
+        return True

@@ -1,0 +1,464 @@
+"""The WebSocket endpoint: ``/v1/ws``, PROTOCOL.md "WebSocket frames".
+
+One :class:`WsConnection` per socket, made of watched tasks:
+
+* the **reader** (the handler's own loop) parses frames with the sans-I/O
+  :mod:`agentcast.protocol`, applies the inbound limits (size → 1009, token
+  bucket → ``rate_limited``) and runs commands one at a time, so a reply is
+  queued before anything the command causes;
+* one **writer** drains the connection's byte-bounded
+  :class:`~agentcast.gateway.subscription.Outbox` onto the socket — the only
+  code that sends;
+* one :class:`~agentcast.gateway.subscription.Subscription` task per thread,
+  moving events from the log to the outbox (DESIGN.md: nothing writes to a
+  socket except a subscription reading the log);
+* an expiry timer that closes with 4401 when the token's ``exp`` passes.
+
+Invariants kept here: authentication before ``accept`` and a per-user check
+on every thread and run, answered ``not_found`` exactly like a made-up id (4);
+closing a socket never stops a run (5); bounded queues, frames and rates, and
+a slow consumer closed with 4008 without slowing anyone else (6); at shutdown
+:meth:`WsConnection.drain` then :meth:`WsConnection.close` with 1001 (9).
+
+A refused handshake is answered ``401`` with the reason when the server
+supports the ASGI WebSocket denial response (uvicorn does), else closed before
+``accept`` — which the server turns into ``403``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Coroutine
+from typing import Any, Final
+
+import msgspec
+from starlette.responses import PlainTextResponse
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
+
+from .. import __version__
+from ..errors import AgentcastError, CloseCode, ErrorCode
+from ..protocol import (
+    Cancel,
+    CancelAccepted,
+    Command,
+    ConnectionEstablished,
+    ErrorFrame,
+    Ping,
+    Pong,
+    ProtocolError,
+    Ref,
+    RunAccepted,
+    ServerFrame,
+    StartAgent,
+    Subscribe,
+    Subscribed,
+    TokenBucket,
+    Unsubscribe,
+    Unsubscribed,
+    UserMessage,
+    encode_frame,
+    extract_ref,
+    frame_too_large,
+    parse_client_frame,
+)
+from ..runner import RunTicket
+from .auth import AuthError, Principal
+from .context import Gateway
+from .subscription import Outbox, Subscription
+
+__all__ = ["CLOSE_TIMEOUT_S", "WebSocketHandler", "WsConnection"]
+
+logger = logging.getLogger(__name__)
+
+#: How long a close may wait for the socket to take the close frame (a client
+#: that stopped reading never does); after it the connection is dropped.
+CLOSE_TIMEOUT_S: Final = 10.0
+#: Consecutive rate-limited frames after which only every Nth gets a reply,
+#: so a flood cannot turn into a flood of error frames.
+_RATE_REPLY_EVERY: Final = 16
+
+
+class WebSocketHandler:
+    """The ``/v1/ws`` endpoint of one gateway.
+
+    Usable as a Starlette route endpoint (Starlette calls an object that is
+    not a function as an ASGI app: ``handler(scope, receive, send)``) or
+    called with a ready :class:`~starlette.websockets.WebSocket`.
+    """
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def __call__(
+        self, websocket: WebSocket | Scope, receive: Receive | None = None, send: Send | None = None
+    ) -> None:
+        """Authenticate, accept, serve the connection until it ends."""
+        if not isinstance(websocket, WebSocket):
+            if receive is None or send is None:
+                raise TypeError("call with a WebSocket, or as an ASGI app (scope, receive, send)")
+            websocket = WebSocket(websocket, receive, send)
+        try:
+            principal, subprotocol = await self.gateway.auth.authenticate_websocket(websocket)
+        except AuthError as exc:
+            await _refuse(websocket, exc)
+            return
+        await websocket.accept(subprotocol=subprotocol)
+        batch = websocket.query_params.get("batch", "").lower() in ("1", "true", "yes")
+        conn = WsConnection(self.gateway, websocket, principal, batch=batch)
+        await conn.serve()
+
+
+async def _refuse(websocket: WebSocket, exc: AuthError) -> None:
+    """Refuse a handshake: 401 with the reason if possible, else a close (→ 403)."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(
+            PlainTextResponse(exc.reason, status_code=exc.status_code)
+        )
+    else:
+        await websocket.close(code=CloseCode.UNAUTHORIZED, reason=exc.reason[:120])
+
+
+class WsConnection:
+    """One accepted WebSocket of one user (the gateway's :class:`Connection`).
+
+    Args:
+        gateway: The gateway it belongs to (engine, settings, connection set).
+        websocket: The accepted socket.
+        principal: Who is connected, and until when.
+        batch: Send events as JSON array frames (``?batch=1``).
+    """
+
+    transport: Final = "websocket"
+
+    def __init__(
+        self, gateway: Gateway, websocket: WebSocket, principal: Principal, *, batch: bool
+    ) -> None:
+        self.gateway = gateway
+        self.websocket = websocket
+        self.principal = principal
+        self.user_id = principal.user_id
+        self.connection_id = f"ws_{secrets.token_hex(8)}"
+        settings = gateway.settings
+        self._engine = gateway.engine
+        self._max_frame = settings.ws_max_frame_bytes
+        self._batch_size = max(1, settings.catchup_batch)
+        self._outbox = Outbox(settings.ws_send_queue_bytes, batch=batch)
+        self._bucket = TokenBucket(settings.ws_rate_per_s, settings.ws_rate_burst, _now())
+        self._limited = 0
+        self._subs: dict[str, Subscription] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._reader: asyncio.Task[None] | None = None
+        self._close_task: asyncio.Task[None] | None = None
+        self._closing = False  # no new work: a close started or the client left
+        self._close_started = False
+        self._closed = asyncio.Event()  # set once the connection is fully over
+        #: The close code this side sent, if any (tests, logs).
+        self.close_code: int | None = None
+
+    # Public methods
+
+    async def serve(self) -> None:
+        """Run the connection until the client leaves or the server closes it."""
+        self.gateway.connections.add(self)
+        try:
+            self._spawn(self._write_loop(), "writer")
+            if self.principal.expires_at is not None:
+                self._spawn(self._expire(self.principal.expires_at), "expiry")
+            self._reply(
+                ConnectionEstablished(
+                    connection_id=self.connection_id,
+                    user_id=self.user_id,
+                    server_version=__version__,
+                )
+            )
+            if self.gateway.closing:
+                self.fail(CloseCode.GOING_AWAY, "server shutting down")
+            self._reader = asyncio.current_task()
+            await self._read_loop()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not self._close_started or task is None:
+                raise  # not our own close giving up on a stuck socket
+            task.uncancel()
+        finally:
+            self.gateway.connections.discard(self)
+            self._closing = True
+            await self._stop_tasks()
+            self._closed.set()
+
+    async def drain(self, timeout: float) -> None:
+        """Wait until every subscription has sent the log's current head, and the queue is empty.
+
+        The heads are taken when drain is called (shutdown: after the runner
+        appended the last terminal events). Gives up quietly after ``timeout``;
+        the client resumes from the log anyway.
+        """
+        bridge = self._engine.bridge
+        try:
+            async with asyncio.timeout(timeout):
+                heads = {t: (await bridge.info(t)).last_seq for t in list(self._subs)}
+                while True:
+                    self._outbox.clear_progress()
+                    if self._closing or self._drained(heads):
+                        return
+                    await self._outbox.wait_progress()
+        except TimeoutError:
+            logger.info("connection %s not drained within %.1fs", self.connection_id, timeout)
+
+    async def close(self, code: int, reason: str) -> None:
+        """Stop sending, close the socket with ``code`` (at most :data:`CLOSE_TIMEOUT_S`)."""
+        if self._close_started or self._closing:
+            await self._closed.wait()
+            return
+        self._close_started = self._closing = True
+        self.close_code = code
+        try:
+            await self._stop_tasks(keep_reader=True)
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await self.websocket.close(code=code, reason=reason)
+            except TimeoutError:
+                # The client stopped reading: the close frame cannot be sent.
+                # Stop serving it; the server drops the transport when we return.
+                logger.info("connection %s: close %d timed out", self.connection_id, code)
+                if self._reader is not None and self._reader is not asyncio.current_task():
+                    self._reader.cancel()
+            except (WebSocketDisconnect, WebSocketDisconnected):
+                pass  # the client left first: nothing to close
+        finally:
+            self._closed.set()
+
+    def fail(self, code: int, reason: str) -> None:
+        """Close with ``code`` from code that must not wait (a callback, a subscription)."""
+        if self._closing or self._close_task is not None:
+            return
+        logger.info("closing connection %s: %d %s", self.connection_id, code, reason)
+        self._close_task = self._spawn(self.close(code, reason), "close")
+
+    # Private methods: reading and commands
+
+    async def _read_loop(self) -> None:
+        while True:
+            message = await self.websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if self._closing:
+                continue  # closing: the peer's last frames are not acted on
+            text: str | None = message.get("text")
+            data: str | bytes = text if text is not None else message.get("bytes") or b""
+            await self._on_frame(data)
+
+    async def _on_frame(self, data: str | bytes) -> None:
+        if frame_too_large(data, self._max_frame):
+            self.fail(CloseCode.MESSAGE_TOO_BIG, f"frame over {self._max_frame} bytes")
+            return
+        if not self._bucket.take(_now()):
+            self._limited += 1
+            if self._limited % _RATE_REPLY_EVERY == 1:
+                message = f"more than {self._bucket.rate:g} frames/s; slow down"
+                self._error(ErrorCode.RATE_LIMITED, message, _peek_ref(data))
+            return
+        self._limited = 0
+        if isinstance(data, bytes):
+            ref = _peek_ref(data)
+            self._error(ErrorCode.INVALID_MESSAGE, "binary frames are not accepted", ref)
+            return
+        try:
+            command = parse_client_frame(data)
+        except ProtocolError as exc:
+            self._error(exc.code, exc.message, exc.ref)
+            return
+        try:
+            await self._dispatch(command)
+        except AgentcastError as exc:
+            self._error(exc.code, exc.message, command.id)
+        except Exception:
+            # Invariant: never leak a traceback; the log has it.
+            logger.exception("connection %s: %s failed", self.connection_id, command.TYPE)
+            self._error(ErrorCode.INTERNAL, "internal error", command.id)
+
+    async def _dispatch(self, command: Command) -> None:
+        runner = self._engine.runner
+        ref = command.id
+        if isinstance(command, StartAgent):
+            ticket = await runner.start_run(
+                self.user_id,
+                command.agent,
+                command.message,
+                command.thread_id,
+                command.on_active,
+                command.idempotency_key,
+            )
+            await self._accepted(ticket, ref)
+        elif isinstance(command, UserMessage):
+            agent = self.gateway.settings.default_agent
+            if command.thread_id is not None:
+                thread = await self._engine.store.get_thread(self.user_id, command.thread_id)
+                agent = thread.last_agent or agent
+            ticket = await runner.start_run(
+                self.user_id, agent, command.message, command.thread_id, command.on_active
+            )
+            await self._accepted(ticket, ref)
+        elif isinstance(command, Subscribe):
+            await self._engine.store.get_thread(self.user_id, command.thread_id)
+            sub = await self._follow(command.thread_id, command.after_seq, command.epoch)
+            start = sub.follower.start
+            self._reply(
+                Subscribed(
+                    thread_id=command.thread_id,
+                    epoch=start.epoch,
+                    after_seq=start.after_seq,
+                    recovered=start.recovered,
+                    ref=ref,
+                )
+            )
+            self._start(sub)
+        elif isinstance(command, Unsubscribe):
+            # Answered the same whether or not it was subscribed (or exists).
+            old = self._subs.pop(command.thread_id, None)
+            if old is not None:
+                await old.stop()
+            self._reply(Unsubscribed(thread_id=command.thread_id, ref=ref))
+        elif isinstance(command, Cancel):
+            run_id, status = await runner.cancel(self.user_id, command.run_id, command.thread_id)
+            self._reply(CancelAccepted(run_id=run_id, status=str(status), ref=ref))
+        elif isinstance(command, Ping):
+            self._reply(Pong(ref=ref))
+        else:  # pragma: no cover - the parser only returns the types above
+            raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unhandled {command.TYPE}", ref)
+
+    async def _accepted(self, ticket: RunTicket, ref: Ref | None) -> None:
+        """Reply ``run_accepted`` (before any event of the run), then subscribe.
+
+        The reply is queued before anything awaits, so it precedes every event
+        of the run whether an existing subscription or a new one carries them.
+        An existing subscription to the thread is kept (no duplicates).
+        """
+        self._reply(
+            RunAccepted(
+                run_id=ticket.run_id,
+                thread_id=ticket.thread_id,
+                epoch=ticket.epoch,
+                after_seq=ticket.after_seq,
+                ref=ref,
+            )
+        )
+        if ticket.thread_id not in self._subs and not self._closing:
+            self._start(await self._follow(ticket.thread_id, ticket.after_seq, ticket.epoch))
+
+    async def _follow(self, thread_id: str, after_seq: int, epoch: str | None) -> Subscription:
+        """A new subscription, replacing any existing one for the thread atomically.
+
+        The new follower starts before the old subscription stops, and what the
+        old one queued but did not send is dropped, so the client sees the old
+        stream end, then the reply, then the new stream: never both at once.
+        """
+        bridge = self._engine.bridge
+        follower = await bridge.follow(thread_id, after_seq, epoch)
+        try:
+            head = (await bridge.info(thread_id)).last_seq
+            old = self._subs.pop(thread_id, None)
+            if old is not None:
+                await old.stop()
+        except BaseException:
+            await follower.aclose()
+            raise
+        sub = Subscription(
+            thread_id,
+            follower,
+            head,
+            outbox=self._outbox,
+            bridge=bridge,
+            batch_size=self._batch_size,
+            fail=self.fail,
+        )
+        self._subs[thread_id] = sub
+        return sub
+
+    def _start(self, sub: Subscription) -> None:
+        if self._subs.get(sub.thread_id) is sub and sub.task is None:
+            sub.task = self._spawn(sub.run(), f"sub:{sub.thread_id}")
+
+    def _reply(self, frame: ServerFrame) -> None:
+        if not self._outbox.put_control(encode_frame(frame)):
+            self.fail(CloseCode.SLOW_CONSUMER, "slow consumer: resume from the log")
+
+    def _error(self, code: ErrorCode, message: str, ref: Ref | None) -> None:
+        self._reply(ErrorFrame(code=code.value, message=message, ref=ref))
+
+    # Private methods: writing, timers, tasks
+
+    async def _write_loop(self) -> None:
+        """The only sender: one frame at a time, bytes released when the socket took them."""
+        bridge = self._engine.bridge
+        while True:
+            frame = await self._outbox.next_frame()
+            try:
+                await self.websocket.send_text(frame.data.decode())
+            except (WebSocketDisconnect, WebSocketDisconnected):
+                return  # the client left; the reader sees the disconnect
+            self._outbox.done(frame)
+            if frame.events:
+                bridge.observe_delivery(frame.events)
+
+    async def _expire(self, expires_at: float) -> None:
+        await asyncio.sleep(max(0.0, expires_at - time.time()))
+        self.fail(CloseCode.UNAUTHORIZED, "token expired")
+
+    def _drained(self, heads: dict[str, int]) -> bool:
+        for thread_id, head in heads.items():
+            sub = self._subs.get(thread_id)
+            running = sub is not None and sub.task is not None and not sub.task.done()
+            if running and sub is not None and sub.sent_seq < head:
+                return False
+        return self._outbox.empty
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=f"{self.connection_id}:{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        """Watched tasks: a task that dies is logged and closes the connection (1011)."""
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            logger.error(
+                "connection %s: task %s died", self.connection_id, task.get_name(), exc_info=exc
+            )
+            self.fail(CloseCode.INTERNAL_ERROR, "internal error")
+
+    async def _stop_tasks(self, *, keep_reader: bool = False) -> None:
+        """Cancel subscriptions, the writer and timers; close followers. Runs keep running."""
+        current = asyncio.current_task()
+        subs = list(self._subs.values())
+        self._subs.clear()
+        for sub in subs:
+            await sub.stop()
+        tasks = [t for t in self._tasks if t is not current and t is not self._close_task]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        close_task = self._close_task
+        if not keep_reader and close_task is not None and close_task is not current:
+            await asyncio.wait([close_task])
+
+
+def _now() -> float:
+    return time.monotonic()
+
+
+def _peek_ref(data: str | bytes) -> Ref | None:
+    """The ``id`` of a frame that will not be parsed fully (rate limited, binary)."""
+    try:
+        return extract_ref(msgspec.json.decode(data))
+    except msgspec.DecodeError:
+        return None

@@ -14,7 +14,6 @@ the engine.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -81,12 +80,17 @@ class Gateway:
             grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
             await self.engine.runner.shutdown(grace)
             connections = list(self.connections)
-            await asyncio.gather(
+            drained = await asyncio.gather(
                 *(c.drain(timeout=5.0) for c in connections), return_exceptions=True
             )
+            for outcome in drained:
+                if isinstance(outcome, BaseException):
+                    logger.error("draining a connection at shutdown failed", exc_info=outcome)
             for c in connections:
-                with contextlib.suppress(Exception):
+                try:
                     await c.close(1001, "server shutting down")
+                except Exception:
+                    logger.exception("closing a connection at shutdown failed")
             for hook in self.on_shutdown:
                 try:
                     await hook()

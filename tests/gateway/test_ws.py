@@ -441,6 +441,11 @@ async def test_slow_consumer_closed_4008_others_unaffected(
             lambda: any(c.close_code == 4008 for c in server.ws_connections()),
             message="the stalled client closed as a slow consumer",
         )
+        # Memory stays bounded: no connection ever queued more than the bound plus
+        # one log batch (what a subscription may add in one step).
+        peaks = [c.queued_peak_bytes for c in server.ws_connections()]
+        assert len(peaks) == 2
+        assert max(peaks) <= 64 * 1024 + 256 * 4100
         received, code = await stalled.read_all()
         assert code == 4008
         got = [f["seq"] for f in received if isinstance(f, dict) and "seq" in f]

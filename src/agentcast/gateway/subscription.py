@@ -78,6 +78,7 @@ class Outbox:
         self._entries: deque[_Entry] = deque()
         self.total_bytes = 0  # queued + in flight
         self.live_bytes = 0  # the part of total_bytes that is live
+        self.peak_bytes = 0  # the most ever held: memory per connection stays bounded
         self._ready = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -162,6 +163,7 @@ class Outbox:
         size = len(entry.data)
         self._entries.append(entry)
         self.total_bytes += size
+        self.peak_bytes = max(self.peak_bytes, self.total_bytes)
         if entry.live:
             self.live_bytes += size
         if self.total_bytes >= self.limit_bytes:

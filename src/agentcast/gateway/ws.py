@@ -417,6 +417,11 @@ class WsConnection:
                 return False
         return self._outbox.empty
 
+    @property
+    def queued_peak_bytes(self) -> int:
+        """The most bytes this connection ever held queued (bounded by the send queue)."""
+        return self._outbox.peak_bytes
+
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=f"{self.connection_id}:{name}")
         self._tasks.add(task)

@@ -36,9 +36,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-## The engine micro-benchmark (docs/performance.md).
+## The engine micro-benchmark and the load benchmark (docs/performance.md).
 bench: $(STAMP)
-	$(BIN)/python bench/engine_bench.py
+	mkdir -p bench/results
+	$(BIN)/python bench/engine_bench.py --json bench/results/engine.json
+	$(BIN)/python bench/run.py --preset full --json bench/results/full.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -187,16 +187,21 @@ async def run_mode(mode: str, directory: Path, args: argparse.Namespace) -> dict
         result["append"] = await append_throughput(log, args.producers, args.seconds)
     finally:
         await close_log(log, db)
-    log, db = await open_log(mode, directory)
-    bridge = Bridge(log, EngineSettings(health_interval_s=3600))
-    try:
-        await bridge.ensure_integration()
-        result["emit"] = await emit_throughput(bridge, args.producers, args.seconds)
-        result["follow"] = await follower_latency(bridge, args.rate, args.seconds)
-    finally:
-        await bridge.close()
-        if db is not None:
-            await db.close()
+    # Each phase gets a fresh database, so that the latency phase measures the
+    # steady state at its rate, not the checkpoint backlog of a saturation phase.
+    for phase in ("emit", "follow"):
+        log, db = await open_log(mode, directory / phase)
+        bridge = Bridge(log, EngineSettings(health_interval_s=3600))
+        try:
+            await bridge.ensure_integration()
+            if phase == "emit":
+                result["emit"] = await emit_throughput(bridge, args.producers, args.seconds)
+            else:
+                result["follow"] = await follower_latency(bridge, args.rate, args.seconds)
+        finally:
+            await bridge.close()
+            if db is not None:
+                await db.close()
     return result
 
 

@@ -448,10 +448,16 @@ def _ws_url(base: str) -> str:
 # --- bench ---------------------------------------------------------------------------
 
 
-@app.command()
-def bench() -> None:
-    """Benchmarks: not in the CLI yet; see bench/ and docs/performance.md (make bench)."""
-    typer.echo("agentcast bench: see bench/ and docs/performance.md (run `make bench`).")
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(ctx: typer.Context) -> None:
+    """Load benchmark against a real server and a baseline (bench/run.py; --help for options).
+
+    ``agentcast bench --preset smoke`` takes seconds; ``--preset full`` measures the
+    targets of docs/performance.md.
+    """
+    from .bench_cli import run_bench
+
+    raise typer.Exit(run_bench(list(ctx.args)))
 
 
 def main() -> None:

@@ -208,11 +208,27 @@ class SqliteDatabase:
             LogUnavailable: the database is not open, or the group's
                 ``BEGIN``/``COMMIT`` failed (nothing of the group committed).
         """
+        return await self.submit(op, on_commit=on_commit)
+
+    def submit(
+        self,
+        op: Callable[[sqlite3.Connection], T],
+        *,
+        on_commit: Callable[[T], None] | None = None,
+    ) -> asyncio.Future[T]:
+        """Queue ``op`` for the next group now and return its future (see :meth:`write`).
+
+        For callers on the hot path that must not spend an event-loop
+        iteration before their op reaches the writer.
+
+        Raises:
+            LogUnavailable: the database is not open.
+        """
         if not self._accepting or self._loop is None:
             raise LogUnavailable(f"database {self._path} is not open")
         future: asyncio.Future[T] = self._loop.create_future()
         self._queue.put(_Op(op, future, cast("Callable[[Any], None] | None", on_commit)))
-        return await future
+        return future
 
     async def read(self, op: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``op`` on a read-only connection (committed data only).

@@ -100,7 +100,7 @@ class SqliteLog:
         self._closed = False
         self._pending: list[tuple[list[EventDraft], asyncio.Future[list[StoredEvent]]]] = []
         self._flush_scheduled = False
-        self._flushes: set[asyncio.Task[None]] = set()
+        self._flushes: set[asyncio.Future[Any]] = set()
         #: Durability mode for figures: the database's ``synchronous``.
         self.durability: str = db.synchronous
 
@@ -219,30 +219,38 @@ class SqliteLog:
         if not self._pending:
             return
         batch, self._pending = self._pending, []
-        task = asyncio.get_running_loop().create_task(self._flush(batch))
-        self._flushes.add(task)
-        task.add_done_callback(self._flushes.discard)
-
-    async def _flush(
-        self, batch: list[tuple[list[EventDraft], asyncio.Future[list[StoredEvent]]]]
-    ) -> None:
-        """Commit one merged op; every caller's future is resolved, whatever happens."""
         futures = [future for _, future in batch]
+        # Submitted right here, not from a new task: one event-loop iteration
+        # less between an append and its commit (the hot path).
         try:
-            await self._db.write(
+            written = self._db.submit(
                 partial(self._append_op, [drafts for drafts, _ in batch]),
                 on_commit=partial(self._on_appended, futures),
             )
         except BaseException as exc:
-            for future in futures:
-                if not future.done():
-                    future.set_exception(_unavailable(exc) if len(futures) > 1 else _as_log(exc))
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+            self._fail_callers(futures, exc)
             return
+        self._flushes.add(written)
+        written.add_done_callback(partial(self._flushed, futures))
+
+    def _flushed(
+        self, futures: list[asyncio.Future[list[StoredEvent]]], written: asyncio.Future[Any]
+    ) -> None:
+        """Resolve every caller of one merged op, whatever happened to it."""
+        self._flushes.discard(written)
+        if written.cancelled():
+            self._fail_callers(futures, LogUnavailable("the append was cancelled"))
+        elif (exc := written.exception()) is not None:
+            self._fail_callers(futures, exc)
         for future in futures:  # only if on_commit itself failed
             if not future.done():
                 future.set_exception(LogUnavailable("append outcome lost; retry"))
+
+    @staticmethod
+    def _fail_callers(futures: list[asyncio.Future[list[StoredEvent]]], exc: BaseException) -> None:
+        for future in futures:
+            if not future.done():
+                future.set_exception(_unavailable(exc) if len(futures) > 1 else _as_log(exc))
 
     def _append_op(self, batches: list[list[EventDraft]], conn: sqlite3.Connection) -> _Appended:
         """The merged appends, on the writer thread inside the group transaction."""

@@ -1,0 +1,168 @@
+"""What ``agentcast bench`` runs: the servers under test, the presets, the rules.
+
+Two presets: ``smoke`` (every workload and server, tiny and a few seconds each;
+CI asserts only correctness) and ``full`` (the sizes of the issue's targets,
+bounded to well under ten minutes on two cores). ``--set FIELD=VALUE``
+overrides one field of a preset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+__all__ = [
+    "BASELINE",
+    "CORRECTNESS",
+    "KNEE_P99_MS",
+    "MEMLOG",
+    "MEMORY",
+    "NO_LOG",
+    "PRESETS",
+    "REPO",
+    "SQLITE",
+    "SQLITE_FULL",
+    "Preset",
+    "Target",
+]
+
+REPO: Final = Path(__file__).resolve().parent.parent
+#: The knee rule of W2 (and of the baseline's W2): p99 must stay at or under this.
+KNEE_P99_MS: Final = 50.0
+#: Correctness counters that must be zero in every phase.
+CORRECTNESS: Final = ("gaps", "duplicates", "reorders", "undelivered")
+SQLITE_FULL: Final = "SQLite WAL, synchronous=FULL"
+MEMORY: Final = "in-memory log (not durable)"
+NO_LOG: Final = "none (no log, no auth)"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One server under test: agentcast with a log backend, or the baseline."""
+
+    server: str  # "agentcast" | "baseline"
+    backend: str | None = None  # "sqlite" | "memory" for agentcast
+
+    @property
+    def name(self) -> str:
+        """A short label for tables."""
+        return self.server if self.backend is None else f"{self.server}/{self.backend}"
+
+    @property
+    def durability(self) -> str:
+        """What an event's delivery waited for: every figure names it."""
+        if self.server == "baseline":
+            return NO_LOG
+        return SQLITE_FULL if self.backend == "sqlite" else MEMORY
+
+
+SQLITE: Final = Target("agentcast", "sqlite")
+MEMLOG: Final = Target("agentcast", "memory")
+BASELINE: Final = Target("baseline")
+
+
+@dataclass(frozen=True, slots=True)
+class Preset:
+    """Sizes and durations of every workload; ``smoke`` and ``full`` are defined below."""
+
+    name: str
+    lead: float  # seconds between the last connect and slot 0 (set-up of the runs)
+    fresh_servers: bool  # one server process per workload (clean RSS) or one per target
+    fsync_samples: int
+    # W1 / W5
+    users: int
+    conns_pattern: tuple[int, ...]
+    rate: float
+    duration: float
+    warmup: float
+    big_every: int  # W5: every n-th slot is a 64 KiB tool call
+    w1_targets: tuple[Target, ...]
+    w5_targets: tuple[Target, ...]
+    # W2
+    ramp_start: float
+    ramp_factor: float
+    ramp_steps: int
+    ramp_duration: float
+    ramp_warmup: float
+    w2_targets: tuple[Target, ...]
+    # W3
+    idle_connections: int
+    idle_per_user: int
+    idle_settle: float
+    w3_targets: tuple[Target, ...]
+    # W4
+    storm_users: int
+    storm_rate: float
+    storm_duration: float
+    storm_drop_at: float
+    storm_jitter: float
+    w4_targets: tuple[Target, ...]
+    drain_timeout: float = 15.0
+
+
+PRESETS: Final[dict[str, Preset]] = {
+    # CI: every workload, every server, tiny and short; only correctness is asserted.
+    "smoke": Preset(
+        name="smoke",
+        lead=0.3,
+        fresh_servers=False,
+        fsync_samples=20,
+        users=3,
+        conns_pattern=(1, 2, 3),
+        rate=60.0,
+        duration=1.2,
+        warmup=0.3,
+        big_every=5,
+        w1_targets=(SQLITE, MEMLOG, BASELINE),
+        w5_targets=(SQLITE, BASELINE),
+        ramp_start=40.0,
+        ramp_factor=2.0,
+        ramp_steps=2,
+        ramp_duration=1.0,
+        ramp_warmup=0.3,
+        w2_targets=(SQLITE, BASELINE),
+        idle_connections=20,
+        idle_per_user=5,
+        idle_settle=0.3,
+        w3_targets=(SQLITE, BASELINE),
+        storm_users=5,
+        storm_rate=50.0,
+        storm_duration=2.5,
+        storm_drop_at=1.0,
+        storm_jitter=0.3,
+        w4_targets=(SQLITE,),
+        drain_timeout=10.0,
+    ),
+    # The targets of the issue, bounded to well under ten minutes on two cores.
+    "full": Preset(
+        name="full",
+        lead=1.0,
+        fresh_servers=True,
+        fsync_samples=300,
+        users=100,
+        conns_pattern=(1, 2, 3, 2),  # 200 connections
+        rate=2000.0,
+        duration=15.0,
+        warmup=3.0,
+        big_every=20,  # 1 slot in 20 is two events, one of them big: ~4.8 % of events
+        w1_targets=(SQLITE, MEMLOG, BASELINE),
+        w5_targets=(SQLITE, MEMLOG, BASELINE),
+        ramp_start=1000.0,
+        ramp_factor=1.4,
+        ramp_steps=12,
+        ramp_duration=5.0,
+        ramp_warmup=1.5,
+        w2_targets=(SQLITE, MEMLOG, BASELINE),
+        idle_connections=5000,
+        idle_per_user=10,
+        idle_settle=2.0,
+        w3_targets=(SQLITE, BASELINE),
+        storm_users=1000,  # 2,000 connections
+        storm_rate=2000.0,
+        storm_duration=14.0,
+        storm_drop_at=6.0,
+        storm_jitter=1.0,
+        w4_targets=(SQLITE, MEMLOG),
+    ),
+}

@@ -1,0 +1,60 @@
+"""The load benchmark's smoke preset: every workload, every server, zero correctness errors.
+
+No timing is asserted (CI machines vary); what must hold everywhere is that
+the run completes by itself and that no connection saw a gap, a duplicate, a
+reorder or an undelivered event. The benchmark runs as its own process, as
+users run it, so its servers and load generator are real processes too.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_smoke_preset_runs_clean(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "run.py"),
+            "--preset",
+            "smoke",
+            "--json",
+            str(out),
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--quiet",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=220,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["correctness_ok"] is True
+    assert report["problems"] == []
+    workloads = {row["workload"] for row in report["results"]}
+    assert workloads == {"W1", "W2", "W3", "W4", "W5"}
+    servers = {(row["server"], row["log_backend"]) for row in report["results"]}
+    assert {("agentcast", "sqlite"), ("agentcast", "memory"), ("baseline", "none")} <= servers
+    for row in report["results"]:
+        assert not row.get("failed"), row
+        for key in ("gaps", "duplicates", "reorders", "undelivered"):
+            assert row[key] == 0, (row["workload"], row["server"], key, row[key])
+
+
+def test_run_bench_finds_the_checkout() -> None:
+    from agentcast.bench_cli import find_bench_dir
+
+    assert find_bench_dir() == REPO / "bench"

@@ -99,6 +99,7 @@ class Bridge:
         self._probe_requested = False
         self._closing = False
         self.last_report: HealthReport | None = None
+        self._emitted: dict[str, Any] = {}  # events_emitted children by type
 
     # Public properties ---------------------------------------------------------
 
@@ -201,7 +202,12 @@ class Bridge:
             payload,
         )
         stored = await self._submit(draft)
-        self.metrics.events_emitted.labels(type=event_type).inc()
+        counter = self._emitted.get(event_type)
+        if counter is None:  # one .labels() lookup per type, not per event
+            counter = self._emitted[event_type] = self.metrics.events_emitted.labels(
+                type=event_type
+            )
+        counter.inc()
         return stored
 
     async def _submit(self, draft: EventDraft) -> StoredEvent:
@@ -210,7 +216,6 @@ class Bridge:
             raise Unavailable("the bridge is not running")
         future: asyncio.Future[StoredEvent] = asyncio.get_running_loop().create_future()
         await queue.put(_Pending(draft, future, time.perf_counter()))
-        self.metrics.emit_buffer.set(queue.qsize())
         return await future
 
     async def _append_loop(self) -> None:
@@ -222,6 +227,8 @@ class Bridge:
                 batch = [await queue.get()]
                 while len(batch) < self.settings.append_batch and not queue.empty():
                     batch.append(queue.get_nowait())
+                # Sampled once per batch (not per emit): the events left behind it.
+                self.metrics.emit_buffer.set(queue.qsize())
                 self._inflight = batch
             batch = self._inflight
             try:

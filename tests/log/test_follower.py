@@ -207,3 +207,67 @@ def test_tail_byte_budget_evicts_least_recently_used_threads() -> None:
     assert tail.nbytes == 400
     tail.forget("b")
     assert tail.nbytes == 0
+
+
+# --- push (the live fast path) ---------------------------------------------------------
+
+
+async def test_push_hands_each_commit_to_the_sink_in_order_without_a_wake_up() -> None:
+    backend = FakeBackend(Tail())
+    backend.commit(evs(1, 2))
+    follower = backend.follower(after_seq=0)
+    got: list[list[int]] = []
+
+    def sink(batch: list[StoredEvent]) -> bool:
+        got.append([e.seq for e in batch])
+        return True
+
+    task = asyncio.create_task(follower.push(sink, 2))
+    await asyncio.sleep(0)
+    assert got == [[1, 2]]  # what was committed before it listened
+    backend.commit(evs(3, 7))
+    # Synchronously, inside the commit's notification, in batches of at most 2.
+    assert got == [[1, 2], [3, 4], [5, 6], [7]]
+    assert follower.cursor == 7
+    await follower.aclose()
+    await asyncio.wait_for(task, 1)
+    assert backend.tail.waiting_threads == 0
+    backend.commit(evs(8, 8))  # the listener is gone
+    assert got[-1] == [7]
+
+
+async def test_push_returns_when_the_sink_refuses_or_the_log_closes() -> None:
+    backend = FakeBackend(Tail())
+    backend.commit(evs(1, 1))  # the tail tracks the thread (else push defers at once)
+    follower = backend.follower(after_seq=1)
+    task = asyncio.create_task(follower.push(lambda batch: False, 10))
+    await asyncio.sleep(0)
+    assert not task.done()
+    backend.commit(evs(2, 3))
+    await asyncio.wait_for(task, 1)
+    assert follower.cursor == 3  # the refused batch was still handed out
+    task = asyncio.create_task(follower.push(lambda batch: True, 10))
+    await asyncio.sleep(0)
+    backend.closed = True
+    backend.tail.close()
+    await asyncio.wait_for(task, 1)
+    with pytest.raises(FollowerClosed):
+        await follower.next_batch()
+
+
+async def test_push_leaves_a_gap_or_an_old_cursor_to_next_batch() -> None:
+    backend = FakeBackend(Tail(max_events=2))
+    follower = backend.follower()
+    seen: list[int] = []
+
+    def sink(batch: list[StoredEvent]) -> bool:
+        seen.extend(e.seq for e in batch)
+        return True
+
+    task = asyncio.create_task(follower.push(sink, 10))
+    await asyncio.sleep(0)
+    backend.events.extend(evs(1, 3))  # committed, but the tail only heard of 3..3
+    backend.tail.publish(evs(3, 3))
+    await asyncio.wait_for(task, 1)
+    assert seen == []  # never a gap: the backend read takes over
+    assert [e.seq for e in await follower.next_batch(10)] == [1, 2, 3]

@@ -32,7 +32,7 @@ from typing import Final
 from ..bridge import Bridge
 from ..errors import CloseCode
 from ..log.base import Follower, StoredEvent
-from ..log.follower import FollowerClosed, HistoryLost
+from ..log.follower import FollowerClosed, HistoryLost, StreamFollower
 from ..protocol import Subscribed, encode_frame, pack_events
 
 __all__ = ["MAX_BATCH_FRAME_BYTES", "OutFrame", "Outbox", "Subscription"]
@@ -216,6 +216,7 @@ class Subscription:
         self._batch_size = batch_size
         self._fail = fail
         self._stopping = False
+        self._failed = False
 
     # Public methods
 
@@ -247,6 +248,21 @@ class Subscription:
             if not self._outbox.put_events(self, batch, live=live):
                 self._fail(CloseCode.SLOW_CONSUMER, "slow consumer: resume from the log")
                 return
+            if live and isinstance(self.follower, StreamFollower):
+                # Live: take each commit straight from the log's notification
+                # (no task wake-up per event); back to next_batch when the
+                # tail cannot answer or the follower closes.
+                await self.follower.push(self._put_live, self._batch_size)
+                if self._failed:
+                    return
+
+    def _put_live(self, batch: list[StoredEvent]) -> bool:
+        """The push sink: queue live events; a slow consumer fails the connection."""
+        if self._outbox.put_events(self, batch, live=True):
+            return True
+        self._failed = True
+        self._fail(CloseCode.SLOW_CONSUMER, "slow consumer: resume from the log")
+        return False
 
     async def stop(self) -> None:
         """Cancel the task, close the follower and drop what was queued but not sent."""

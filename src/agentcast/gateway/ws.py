@@ -398,7 +398,8 @@ class WsConnection:
         while True:
             frame = await self._outbox.next_frame()
             try:
-                await self.websocket.send_text(frame.data.decode())
+                # send() directly: one coroutine less per frame than send_text().
+                await self.websocket.send({"type": "websocket.send", "text": frame.data.decode()})
             except (WebSocketDisconnect, WebSocketDisconnected):
                 return  # the client left; the reader sees the disconnect
             self._outbox.done(frame)

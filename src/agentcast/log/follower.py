@@ -98,6 +98,7 @@ class StreamFollower:
         self._fetched = start.after_seq  # last seq read (>= cursor while buffered)
         self._buffer: deque[StoredEvent] = deque()  # read, not yet handed out (iteration)
         self._waiter: asyncio.Future[None] | None = None
+        self._pushing: asyncio.Future[None] | None = None  # set while push() runs
         self._busy = False
         self._closed = False
 
@@ -138,6 +139,63 @@ class StreamFollower:
             batch = await self._fetch(max_events)
         self._cursor = batch[-1].seq
         return batch
+
+    async def push(self, sink: Callable[[list[StoredEvent]], bool], max_events: int) -> None:
+        """Hand committed events to ``sink`` synchronously, from the commit notification.
+
+        The live fast path: instead of one task wake-up per commit, ``sink``
+        is called inside the tail's notification (after the commit, like a
+        woken ``next_batch``) with each batch after the cursor, and the cursor
+        moves past it. Returns — leaving the rest to :meth:`next_batch` —
+        when the tail cannot answer (old cursor, evicted thread, a gap), when
+        this follower or its log closes, or when ``sink`` returns ``False``
+        (it keeps that batch either way). Cancelling it is safe.
+
+        Raises:
+            Exception: whatever ``sink`` raised (the batch counts as handed out).
+        """
+        if max_events < 1:
+            raise ValueError("max_events must be >= 1")
+        if self._busy:
+            raise InternalError("next_batch is already running on this follower")
+        if self._buffer:
+            return  # buffered events go out through next_batch, in order
+        self._busy = True
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        tail, thread_id = self._tail, self._thread_id
+
+        def on_notify() -> None:
+            if done.done():
+                return
+            if self._closed or self._is_closed() or tail.closed:
+                done.set_result(None)
+                return
+            while True:
+                batch = tail.read(thread_id, self._fetched, max_events)
+                if batch is None or (batch and batch[0].seq != self._fetched + 1):
+                    done.set_result(None)  # next_batch reads the backend or reports the loss
+                    return
+                if not batch:
+                    return
+                self._fetched = self._cursor = batch[-1].seq
+                try:
+                    more = sink(batch)
+                except Exception as exc:
+                    done.set_exception(exc)
+                    return
+                if not more:
+                    done.set_result(None)
+                    return
+
+        self._pushing = done
+        tail.add_listener(thread_id, on_notify)
+        try:
+            on_notify()  # what was committed before we listened
+            await done
+        finally:
+            tail.remove_listener(thread_id, on_notify)
+            self._pushing = None
+            self._busy = False
 
     def __aiter__(self) -> StreamFollower:
         """Iterate events one by one until :meth:`aclose` (see the module docstring)."""
@@ -200,6 +258,6 @@ class StreamFollower:
             raise FollowerClosed("log closed")
 
     def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        for waiter in (self._waiter, self._pushing):
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)

@@ -20,8 +20,9 @@ drop a follower's wake-up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from .base import StoredEvent
 
@@ -75,6 +76,9 @@ class Tail:
         self._nbytes = 0
         self._threads: OrderedDict[str, _ThreadTail] = OrderedDict()
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        #: Persistent per-thread callbacks run at every notify (live followers
+        #: that take committed events synchronously, without a task wake-up).
+        self._listeners: dict[str, list[Callable[[], None]]] = {}
         self._closed = False
 
     # Public methods: events
@@ -167,17 +171,48 @@ class Tail:
             del self._waiters[thread_id]
 
     def notify(self, thread_id: str) -> None:
-        """Wake every waiter of ``thread_id``."""
+        """Wake every waiter of ``thread_id`` and run its listeners."""
         waiters = self._waiters.pop(thread_id, None)
         if waiters:
             _wake(waiters)
+        listeners = self._listeners.get(thread_id)
+        if listeners:
+            for listener in tuple(listeners):
+                listener()
+
+    def add_listener(self, thread_id: str, listener: Callable[[], None]) -> None:
+        """Run ``listener()`` at every :meth:`notify` of ``thread_id`` (and at close).
+
+        A listener runs synchronously inside :meth:`publish` (after the
+        commit): it must not raise and must not block. Remove it with
+        :meth:`remove_listener`.
+        """
+        self._listeners.setdefault(thread_id, []).append(listener)
+
+    def remove_listener(self, thread_id: str, listener: Callable[[], None]) -> None:
+        """Undo :meth:`add_listener` (no-op if not registered)."""
+        listeners = self._listeners.get(thread_id)
+        if listeners is None:
+            return
+        with contextlib.suppress(ValueError):
+            listeners.remove(listener)
+        if not listeners:
+            del self._listeners[thread_id]
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (and not undone by :meth:`reopen`)."""
+        return self._closed
 
     def close(self) -> None:
-        """Wake every waiter of every thread; later waiters resolve at once."""
+        """Wake every waiter and listener of every thread; later waiters resolve at once."""
         self._closed = True
         waiters, self._waiters = self._waiters, {}
         for group in waiters.values():
             _wake(group)
+        for listeners in list(self._listeners.values()):
+            for listener in tuple(listeners):
+                listener()
 
     def reopen(self) -> None:
         """Undo :meth:`close` (the backend is open again)."""

@@ -10,7 +10,8 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
+from typing import Final
 
 from ..errors import NotFound
 from ..log.base import StoredEvent
@@ -144,7 +145,7 @@ class MemoryStore:
                         record.thread_id, record.run_id, "assistant", change.output,
                         change.ended_at or time.time(),
                     )  # fmt: skip
-            self._runs[change.run_id] = replace(record, **updates)  # type: ignore[arg-type]
+            self._runs[change.run_id] = _replace_run(record, updates)
 
     def _add_message(
         self, thread_id: str, run_id: str | None, role: str, content: str, at: float
@@ -153,3 +154,12 @@ class MemoryStore:
         self._messages[thread_id].append(
             MessageRecord(message_id, thread_id, run_id, role, content, at)
         )
+
+
+#: RunRecord's fields in constructor order, for :func:`_replace_run`.
+_RUN_FIELDS: Final = tuple(f.name for f in fields(RunRecord))
+
+
+def _replace_run(record: RunRecord, updates: dict[str, object]) -> RunRecord:
+    """``dataclasses.replace`` without its per-call introspection (once per run per append)."""
+    return RunRecord(*[updates.get(n, getattr(record, n)) for n in _RUN_FIELDS])  # type: ignore[arg-type]

@@ -20,8 +20,6 @@ same frames at the same instants.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any
 
 from bench.schedule import AGENT_NAME, BIG_TOOL_NAME, Schedule
@@ -45,15 +43,7 @@ async def bench_blob(due: float, size: int) -> dict[str, Any]:
 async def bench(ctx: RunContext) -> str:
     """Emit one event per slot of the schedule in the message, each at its due time."""
     schedule = Schedule.decode(ctx.message)
-    loop = asyncio.get_running_loop()
-    # Map wall-clock due times onto the loop's monotonic clock once: sleeping
-    # to absolute deadlines means a slow emit never shifts the later slots.
-    wall_minus_loop = time.time() - loop.time()
-    for i in range(schedule.count):
-        due = schedule.due(i)
-        delay = due - wall_minus_loop - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
+    async for i, due in schedule.slots():
         if schedule.is_big(i):
             await ctx.call_tool(bench_blob, due=due, size=schedule.big_bytes)
         else:

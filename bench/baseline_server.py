@@ -138,13 +138,7 @@ class _Hub:
 
 async def _play(thread: _Thread, run_id: str, schedule: Schedule) -> None:
     """The bench agent's schedule, with the same sleeps and the same payloads."""
-    loop = asyncio.get_running_loop()
-    wall_minus_loop = time.time() - loop.time()
-    for i in range(schedule.count):
-        due = schedule.due(i)
-        delay = due - wall_minus_loop - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
+    async for i, due in schedule.slots():
         if schedule.is_big(i):
             call_id = f"call_{secrets.token_hex(8)}"
             params = {"due": due, "size": schedule.big_bytes}

@@ -8,7 +8,10 @@ module imports nothing from agentcast, so the baseline server stays minimal.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from typing import Final
 
@@ -60,6 +63,21 @@ class Schedule:
         ``agent_completed``: the load generator expects exactly ``1..last_seq``.
         """
         return 2 + self.count + self.big_slots()
+
+    async def slots(self) -> AsyncIterator[tuple[int, float]]:
+        """Yield ``(i, due)`` for every slot, each once its due time has come.
+
+        Wall-clock due times are mapped onto the loop's monotonic clock once:
+        sleeping to absolute deadlines means a slow emit never shifts later slots.
+        """
+        loop = asyncio.get_running_loop()
+        wall_minus_loop = time.time() - loop.time()
+        for i in range(self.count):
+            due = self.due(i)
+            delay = due - wall_minus_loop - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            yield i, due
 
     def end(self) -> float:
         """When the last slot is due."""

@@ -13,6 +13,7 @@ import pytest_asyncio
 from agentcast.agents import AgentRegistry, builtin_registry
 from agentcast.config import EngineSettings
 from agentcast.engine import Engine
+from tests.gateway.ws_support import LiveServer, ServerFactory, ws_servers
 
 REQUIRE_SERVICES = os.environ.get("AGENTCAST_REQUIRE_SERVICES") == "1"
 
@@ -58,3 +59,19 @@ async def make_engine(tmp_path: Path, backend: str) -> AsyncIterator[EngineFacto
     yield factory
     for engine in engines:
         await engine.shutdown(grace_s=0)
+
+
+# --- live WebSocket servers (tests/gateway/ws_support.py) -----------------------
+
+
+@pytest_asyncio.fixture
+async def make_ws_server(tmp_path: Path) -> AsyncIterator[ServerFactory]:
+    """Start real uvicorn servers on 127.0.0.1; all are stopped afterwards."""
+    async with ws_servers(tmp_path) as factory:
+        yield factory
+
+
+@pytest_asyncio.fixture
+async def ws_server(make_ws_server: ServerFactory) -> LiveServer:
+    """One live server with the default settings."""
+    return await make_ws_server()

@@ -4,33 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 
 from agentcast.client import AgentcastClient, ClientError, Resync
 from agentcast.events import Event
 from tests.gateway.ws_support import (
     LiveServer,
-    ServerFactory,
     start_server,
     stop_server,
-    ws_servers,
 )
 from tests.utils import wait_until
-
-
-@pytest_asyncio.fixture
-async def make_ws_server(tmp_path: Path) -> AsyncIterator[ServerFactory]:
-    async with ws_servers(tmp_path) as factory:
-        yield factory
-
-
-@pytest_asyncio.fixture
-async def ws_server(make_ws_server: ServerFactory) -> LiveServer:
-    return await make_ws_server()
 
 
 def client_for(server: LiveServer, user: str = "alice", **kwargs: object) -> AgentcastClient:

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import websockets
 from websockets.asyncio.client import ClientConnection
 
 from agentcast.store.base import RunStatus
-from tests.gateway.ws_support import LiveServer, ServerFactory, StalledClient, ws_servers
+from tests.gateway.ws_support import LiveServer, ServerFactory, StalledClient
 from tests.gateway.wsutil import (
     events_of,
     frames_until,
@@ -26,17 +23,6 @@ from tests.gateway.wsutil import (
     send,
 )
 from tests.utils import wait_until
-
-
-@pytest_asyncio.fixture
-async def make_ws_server(tmp_path: Path) -> AsyncIterator[ServerFactory]:
-    async with ws_servers(tmp_path) as factory:
-        yield factory
-
-
-@pytest_asyncio.fixture
-async def ws_server(make_ws_server: ServerFactory) -> LiveServer:
-    return await make_ws_server()
 
 
 async def run_to_end(ws: ClientConnection, **start: Any) -> tuple[dict[str, Any], list[Any]]:

@@ -201,14 +201,7 @@ class Bridge:
             agent,
             payload,
         )
-        stored = await self._submit(draft)
-        counter = self._emitted.get(event_type)
-        if counter is None:  # one .labels() lookup per type, not per event
-            counter = self._emitted[event_type] = self.metrics.events_emitted.labels(
-                type=event_type
-            )
-        counter.inc()
-        return stored
+        return await self._submit(draft)
 
     async def _submit(self, draft: EventDraft) -> StoredEvent:
         queue = self._queue
@@ -254,12 +247,31 @@ class Bridge:
                 self._clear_fault("append")
             now = time.perf_counter()
             self.metrics.append_batch_size.observe(len(batch))
+            self.metrics.append_latency.observe_many([now - p.queued_at for p in batch])
             self.metrics.emit_buffer.set(queue.qsize())
+            self._count_emitted(batch)
             for p, ev in zip(batch, stored, strict=True):
-                self.metrics.append_latency.observe(now - p.queued_at)
                 if not p.future.done():
                     p.future.set_result(ev)
                 queue.task_done()
+
+    def _count_emitted(self, batch: list[_Pending]) -> None:
+        """``events_emitted`` by type: one locked increment per type per batch, not per event.
+
+        The health probe's canaries are not emitted events and are not counted.
+        """
+        tally: dict[str, int] = {}
+        for p in batch:
+            draft = p.draft
+            if draft.thread_id != HEALTH_THREAD:
+                tally[draft.type] = tally.get(draft.type, 0) + 1
+        for event_type, n in tally.items():
+            counter = self._emitted.get(event_type)
+            if counter is None:  # one .labels() lookup per type
+                counter = self._emitted[event_type] = self.metrics.events_emitted.labels(
+                    type=event_type
+                )
+            counter.inc(n)
 
     async def _append_failed(self, exc: BaseException) -> None:
         self.metrics.append_failures.inc()
@@ -444,8 +456,7 @@ class Bridge:
     def observe_delivery(self, events: Sequence[StoredEvent]) -> None:
         """Record emit→delivery latency for events just handed to a reader."""
         now = time.time()
-        for ev in events:
-            self.metrics.delivery_latency.observe(max(0.0, now - ev.ts))
+        self.metrics.delivery_latency.observe_many([max(0.0, now - ev.ts) for ev in events])
 
     # Shutdown ----------------------------------------------------------------------
 

@@ -7,8 +7,9 @@ engine it serves at ``/metrics``.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
+from .histogram import LoopHistogram
 from .lifecycle import BridgeState
 
 __all__ = ["EngineMetrics"]
@@ -19,7 +20,12 @@ _LATENCY_BUCKETS = (
 
 
 class EngineMetrics:
-    """Counters, gauges and histograms of the bridge and the runner."""
+    """Counters, gauges and histograms of the bridge and the runner.
+
+    The three histograms observed per event (append latency, batch size,
+    delivery latency) are :class:`~agentcast.histogram.LoopHistogram`: they
+    are observed only on the event loop, so they take no lock.
+    """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -27,19 +33,19 @@ class EngineMetrics:
         self.events_emitted = Counter(
             "agentcast_events_emitted", "Events durably appended, by type.", ["type"], registry=r
         )
-        self.append_latency = Histogram(
+        self.append_latency = LoopHistogram(
             "agentcast_append_latency_seconds",
             "Time from emit() to the commit of its batch.",
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.append_batch_size = Histogram(
+        self.append_batch_size = LoopHistogram(
             "agentcast_append_batch_events",
             "Events per group-committed append.",
             buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
             registry=r,
         )
-        self.delivery_latency = Histogram(
+        self.delivery_latency = LoopHistogram(
             "agentcast_delivery_latency_seconds",
             "Time from emit() to a follower receiving the event.",
             buckets=_LATENCY_BUCKETS,

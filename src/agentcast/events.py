@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from enum import StrEnum
+from functools import lru_cache
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
@@ -321,6 +322,7 @@ _SECRET_WORDS: Final = frozenset(
 _WORD_SPLIT = re.compile(r"[^a-zA-Z0-9]+|(?<=[a-z0-9])(?=[A-Z])")
 
 
+@lru_cache(maxsize=4096)  # the same few keys come back with every event of a run
 def is_secret_key(key: str) -> bool:
     """Whether a parameter name looks like it holds a secret.
 

@@ -9,6 +9,7 @@ silently compare text (PROTOCOL.md, "Stream positions").
 from __future__ import annotations
 
 import os
+import random
 import time
 from dataclasses import dataclass
 from typing import NewType
@@ -44,6 +45,13 @@ def _token(prefix: str) -> str:
     return f"{prefix}_{millis:012x}{os.urandom(8).hex()}"
 
 
+#: Event ids need uniqueness, not secrecy (they are never authorised on):
+#: 64 bits from a generator seeded by the OS (and re-seeded in a forked
+#: child), without a ``getrandom`` system call per event.
+_event_bits = random.Random(os.urandom(32))
+os.register_at_fork(after_in_child=lambda: _event_bits.seed(os.urandom(32)))
+
+
 def new_thread_id() -> ThreadId:
     """Return a fresh, server-generated thread id."""
     return ThreadId(_token("th"))
@@ -56,7 +64,8 @@ def new_run_id() -> RunId:
 
 def new_event_id() -> EventId:
     """Return a fresh event id (the log's idempotence key)."""
-    return EventId(_token("ev"))
+    millis = time.time_ns() // 1_000_000
+    return EventId(f"ev_{millis:012x}{_event_bits.getrandbits(64):016x}")
 
 
 def is_internal_thread(thread_id: str) -> bool:

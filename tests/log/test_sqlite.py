@@ -145,3 +145,53 @@ async def test_close_finishes_appends_already_made(db: SqliteDatabase) -> None:
     await log.open()  # reopening accepts calls again
     assert seqs(await log.append([draft()])) == [11]
     await log.close()
+
+
+async def test_stream_info_is_answered_from_memory_and_follows_commits(
+    db: SqliteDatabase, log: SqliteLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reconnect storm's ``info`` calls cost no database read once a stream is known."""
+    await log.append([draft(), draft(), draft()])
+    first = await log.info("th_1")
+    assert first.last_seq == 3
+    reads = 0
+    real_read = db.read
+
+    async def counting_read(op):  # type: ignore[no-untyped-def]
+        nonlocal reads
+        reads += 1
+        return await real_read(op)
+
+    monkeypatch.setattr(db, "read", counting_read)
+    await log.append([draft(), draft()])
+    assert await log.info("th_1") == StreamInfo(first.epoch, 1, 5)
+    await log.trim("th_1", 4)
+    assert await log.info("th_1") == StreamInfo(first.epoch, 4, 5)
+    follower = await log.follow("th_1", 5, first.epoch)
+    assert follower.start.recovered
+    await follower.aclose()
+    assert reads == 0
+    # What the database says agrees with what was answered from memory.
+    monkeypatch.setattr(db, "read", real_read)
+    fresh = SqliteLog(db)
+    await fresh.open()
+    assert await fresh.info("th_1") == StreamInfo(first.epoch, 4, 5)
+    await fresh.close()
+
+
+async def test_a_stale_database_read_never_moves_a_cached_stream_back(
+    db: SqliteDatabase,
+) -> None:
+    """A lookup that raced a commit (older snapshot) merges forward, never back."""
+    log = SqliteLog(db, info_threads=2)
+    await log.open()
+    await log.append([draft("th_a"), draft("th_a")])
+    known = await log.info("th_a")
+    stale = StreamInfo(known.epoch, 1, 1)
+    assert log._remember("th_a", stale) == known  # the merge rule itself
+    # Bounded: the least recently used stream is forgotten, then read back correctly.
+    await log.info("th_b")
+    await log.info("th_c")
+    assert list(log._infos) == ["th_b", "th_c"]
+    assert await log.info("th_a") == known
+    await log.close()

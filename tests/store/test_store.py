@@ -31,6 +31,20 @@ async def test_threads_are_owned_and_listed_newest_first(make_engine: EngineFact
         await store.get_thread("alice", "th_made_up")
 
 
+async def test_check_thread_answers_like_get_thread_for_every_caller(
+    make_engine: EngineFactory,
+) -> None:
+    """The owner check (subscribe, run start) refuses others exactly like a made-up id."""
+    store = (await make_engine()).store
+    thread = await store.create_thread("alice")
+    for _ in range(2):  # the second round is answered from memory where a backend caches
+        await store.check_thread("alice", thread.thread_id)
+        with pytest.raises(NotFound, match=r"^thread not found$"):
+            await store.check_thread("bob", thread.thread_id)
+        with pytest.raises(NotFound, match=r"^thread not found$"):
+            await store.check_thread("alice", "th_made_up")
+
+
 async def test_create_run_checks_ownership_and_is_idempotent_per_user(
     make_engine: EngineFactory,
 ) -> None:

@@ -304,7 +304,7 @@ class WsConnection:
             )
             await self._accepted(ticket, ref)
         elif isinstance(command, Subscribe):
-            await self._engine.store.get_thread(self.user_id, command.thread_id)
+            await self._engine.store.check_thread(self.user_id, command.thread_id)
             sub = await self._follow(command.thread_id, command.after_seq, command.epoch)
             start = sub.follower.start
             self._reply(

@@ -19,6 +19,13 @@ database, shared with the store (:mod:`agentcast.db.schema`).
   is returned as stored, not stored again.
 * **Run status with its terminal event** (invariant 3): the optional
   projector runs inside the same op, so it commits or rolls back with it.
+* **Stream heads in memory.** This process is the database's only writer (the
+  data directory's lock), so :meth:`SqliteLog.info` answers from a bounded
+  cache of stream infos that every commit callback advances; only a miss
+  reads the database. Values only ever move forward (``last_seq`` and
+  ``first_seq`` are merged with ``max``), so a read that raced a commit can
+  never move a stream back. A reconnect storm — thousands of ``subscribe``
+  with ``after_seq`` — then costs no database round trip for the position.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -48,6 +56,8 @@ _INSERT: Final = f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, 
 _READ: Final = f"SELECT {_COLUMNS} FROM events WHERE thread_id = ? AND seq > ? ORDER BY seq LIMIT ?"
 _STREAM: Final = "SELECT epoch, first_seq, last_seq FROM streams WHERE thread_id = ?"
 _ID_CHUNK: Final = 500  # stay far below SQLite's bound on query parameters
+#: Stream infos kept in memory (least recently used evicted; a miss reads the database).
+DEFAULT_INFO_THREADS: Final = 100_000
 
 
 def new_epoch() -> str:
@@ -82,6 +92,7 @@ class SqliteLog:
             ``append`` call that stored something, in call order.
         tail_events_per_thread: Bound of the follow tail per thread.
         tail_threads: Bound of threads in the follow tail.
+        info_threads: Bound of stream infos kept in memory.
     """
 
     name = "sqlite"
@@ -93,10 +104,15 @@ class SqliteLog:
         projector: SqliteProjector | None = None,
         tail_events_per_thread: int = DEFAULT_TAIL_EVENTS,
         tail_threads: int = DEFAULT_TAIL_THREADS,
+        info_threads: int = DEFAULT_INFO_THREADS,
     ) -> None:
+        if info_threads < 1:
+            raise ValueError("info_threads must be >= 1")
         self._db = db
         self._projector = projector
         self._tail = Tail(tail_events_per_thread, tail_threads)
+        self._infos: OrderedDict[str, StreamInfo] = OrderedDict()
+        self._max_infos = info_threads
         self._closed = False
         self._pending: list[tuple[list[EventDraft], asyncio.Future[list[StoredEvent]]]] = []
         self._flush_scheduled = False
@@ -115,6 +131,7 @@ class SqliteLog:
         """Open the database if its owner has not yet; accept calls again after ``close``."""
         await self._db.open()
         self._tail.clear()  # start from what the database says, not from a past session
+        self._infos.clear()
         self._tail.reopen()
         self._closed = False
 
@@ -167,6 +184,10 @@ class SqliteLog:
         event an epoch that the first event will keep.
         """
         self._check_open()
+        cached = self._infos.get(thread_id)
+        if cached is not None:
+            self._infos.move_to_end(thread_id)
+            return cached
 
         def lookup(conn: sqlite3.Connection) -> Any:
             return conn.execute(_STREAM, (thread_id,)).fetchone()
@@ -174,7 +195,7 @@ class SqliteLog:
         row = await self._db.read(lookup)
         if row is None:
             row = await self._write(partial(_get_or_create, thread_id))
-        return StreamInfo(*row)
+        return self._remember(thread_id, StreamInfo(*row))
 
     async def follow(
         self, thread_id: str, after_seq: int = 0, epoch: str | None = None
@@ -208,6 +229,9 @@ class SqliteLog:
         def on_commit(result: tuple[int, int]) -> None:
             if result[1]:
                 self._tail.trim(thread_id, result[1])
+                cached = self._infos.get(thread_id)
+                if cached is not None and cached.first_seq < result[1]:
+                    self._infos[thread_id] = StreamInfo(cached.epoch, result[1], cached.last_seq)
 
         deleted, _ = await self._write(op, on_commit=on_commit)
         return int(deleted)
@@ -349,6 +373,7 @@ class SqliteLog:
         # Runs after COMMIT returned (invariant 2: durable before visible),
         # even if the callers were cancelled meanwhile.
         if result.new:
+            self._advance(result.new)
             self._tail.publish(result.new)
         for future, (ok, value) in zip(futures, result.outcomes, strict=True):
             if future.done():
@@ -367,6 +392,30 @@ class SqliteLog:
             return await self._db.write(op, on_commit=on_commit)
         except sqlite3.Error as exc:
             raise LogUnavailable(f"write failed: {exc}") from exc
+
+    def _remember(self, thread_id: str, info: StreamInfo) -> StreamInfo:
+        """Cache what the database said, never moving a cached stream back."""
+        cached = self._infos.get(thread_id)
+        if cached is not None and cached.epoch == info.epoch:
+            info = StreamInfo(
+                info.epoch,
+                max(info.first_seq, cached.first_seq),
+                max(info.last_seq, cached.last_seq),
+            )
+        self._infos[thread_id] = info
+        self._infos.move_to_end(thread_id)
+        while len(self._infos) > self._max_infos:
+            self._infos.popitem(last=False)
+        return info
+
+    def _advance(self, events: list[StoredEvent]) -> None:
+        """Move cached heads past committed events (on the loop, in commit order)."""
+        heads = {event.thread_id: event.seq for event in events}  # seq order per thread
+        infos = self._infos
+        for thread_id, seq in heads.items():
+            cached = infos.get(thread_id)
+            if cached is not None and cached.last_seq < seq:
+                infos[thread_id] = StreamInfo(cached.epoch, cached.first_seq, seq)
 
     def _is_closed(self) -> bool:
         return self._closed

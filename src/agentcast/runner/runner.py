@@ -211,7 +211,7 @@ class Runner:
                 thread = await self.store.create_thread(user_id, title=message[:80])
                 thread_id = thread.thread_id
             else:
-                await self.store.get_thread(user_id, thread_id)
+                await self.store.check_thread(user_id, thread_id)
             active = self._scheduler.active_in_thread(thread_id)
             if active and on_active == "reject":
                 raise RunActive("the thread already has an active run")
@@ -297,7 +297,7 @@ class Runner:
                 record = await self.store.get_run(user_id, run_id)
             else:
                 assert thread_id is not None
-                await self.store.get_thread(user_id, thread_id)
+                await self.store.check_thread(user_id, thread_id)
                 active = self._scheduler.active_in_thread(thread_id)
                 if not active:
                     raise NotFound("the thread has no active run")

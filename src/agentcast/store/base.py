@@ -216,6 +216,14 @@ class Store(Protocol):
         """The thread, or :class:`~agentcast.errors.NotFound` (also for another user's)."""
         ...
 
+    async def check_thread(self, user_id: str, thread_id: str) -> None:
+        """Raise :class:`~agentcast.errors.NotFound` unless ``user_id`` owns the thread.
+
+        The authorisation of every ``subscribe`` and run start: a thread's
+        owner never changes, so a backend may answer it from memory.
+        """
+        ...
+
     async def list_threads(
         self, user_id: str, limit: int = 50, before: tuple[float, str] | None = None
     ) -> list[ThreadRecord]:

@@ -59,6 +59,9 @@ class MemoryStore:
             raise NotFound("thread not found")
         return record
 
+    async def check_thread(self, user_id: str, thread_id: str) -> None:
+        await self.get_thread(user_id, thread_id)
+
     async def list_threads(
         self, user_id: str, limit: int = 50, before: tuple[float, str] | None = None
     ) -> list[ThreadRecord]:

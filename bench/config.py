@@ -17,11 +17,13 @@ __all__ = [
     "CORRECTNESS",
     "KNEE_P99_MS",
     "MEMLOG",
+    "MEMLOG_BATCH",
     "MEMORY",
     "NO_LOG",
     "PRESETS",
     "REPO",
     "SQLITE",
+    "SQLITE_BATCH",
     "SQLITE_FULL",
     "Preset",
     "Target",
@@ -43,11 +45,21 @@ class Target:
 
     server: str  # "agentcast" | "baseline"
     backend: str | None = None  # "sqlite" | "memory" for agentcast
+    #: Clients connect with ``?batch=1`` (PROTOCOL.md): events queued for a
+    #: connection go out as one array frame. Same server, same log, same
+    #: schedule; only what the clients ask for differs.
+    batch: bool = False
 
     @property
     def name(self) -> str:
-        """A short label for tables."""
-        return self.server if self.backend is None else f"{self.server}/{self.backend}"
+        """A short label for tables: ``agentcast/sqlite``, ``agentcast/sqlite+batch``."""
+        base = self.server if self.backend is None else f"{self.server}/{self.backend}"
+        return base + ("+batch" if self.batch else "")
+
+    @property
+    def frames(self) -> str:
+        """How events reach the clients: one frame each, or array frames (``?batch=1``)."""
+        return "batch=1" if self.batch else "per event"
 
     @property
     def durability(self) -> str:
@@ -59,6 +71,8 @@ class Target:
 
 SQLITE: Final = Target("agentcast", "sqlite")
 MEMLOG: Final = Target("agentcast", "memory")
+SQLITE_BATCH: Final = Target("agentcast", "sqlite", batch=True)
+MEMLOG_BATCH: Final = Target("agentcast", "memory", batch=True)
 BASELINE: Final = Target("baseline")
 
 
@@ -114,7 +128,7 @@ PRESETS: Final[dict[str, Preset]] = {
         duration=1.2,
         warmup=0.3,
         big_every=5,
-        w1_targets=(SQLITE, MEMLOG, BASELINE),
+        w1_targets=(SQLITE, MEMLOG, SQLITE_BATCH, BASELINE),
         w5_targets=(SQLITE, BASELINE),
         ramp_start=40.0,
         ramp_factor=2.0,
@@ -153,7 +167,7 @@ PRESETS: Final[dict[str, Preset]] = {
         ramp_steps=12,
         ramp_duration=5.0,
         ramp_warmup=1.5,
-        w2_targets=(SQLITE, MEMLOG, BASELINE),
+        w2_targets=(SQLITE, MEMLOG, SQLITE_BATCH, MEMLOG_BATCH, BASELINE),
         idle_connections=5000,
         idle_per_user=10,
         idle_settle=2.0,

@@ -7,10 +7,13 @@ from typing import Any
 from bench.config import (
     BASELINE,
     CORRECTNESS,
+    KNEE_P99_MS,
     MEMLOG,
+    MEMLOG_BATCH,
     MEMORY,
     NO_LOG,
     SQLITE,
+    SQLITE_BATCH,
     SQLITE_FULL,
     Preset,
     Target,
@@ -25,6 +28,7 @@ def _find(rows: list[dict[str, Any]], workload: str, target: Target) -> dict[str
             row["workload"] == workload
             and row["server"] == target.server
             and row["log_backend"] == (target.backend or "none")
+            and row.get("frames", "per event") == target.frames
         ):
             return row
     return None
@@ -85,13 +89,15 @@ def judge(rows: list[dict[str, Any]], preset: Preset) -> list[dict[str, Any]]:
             _p99(w1) is not None and _p99(w1) <= 10.0,  # type: ignore[operator]
         )
     base = _find(rows, "W2", BASELINE)
-    for target, share in ((SQLITE, 0.2), (MEMLOG, 0.4)):
+    for target, share in ((SQLITE, 0.2), (MEMLOG, 0.4), (SQLITE_BATCH, 0.2), (MEMLOG_BATCH, 0.4)):
         row = _find(rows, "W2", target)
         if row is None or base is None:
             continue
         ratio = (row.get("efficiency") or {}).get("knee_vs_baseline")
+        frames = "clients with ?batch=1" if target.batch else "a frame per event"
         add(
-            f"W2 saturation {target.name} / baseline (delivered events/s at p99 <= 50 ms)",
+            f"W2 saturation {target.name} / baseline ({frames}; delivered events/s at "
+            f"p99 <= {KNEE_P99_MS:g} ms)",
             f">= {share:.0%}",
             ratio,
             ratio is not None and ratio >= share,
@@ -137,7 +143,7 @@ def correctness_failures(rows: list[dict[str, Any]]) -> list[str]:
     """Every row with a non-zero correctness counter or a failed phase."""
     problems: list[str] = []
     for row in rows:
-        where = f"{row['workload']} {row['server']}/{row['log_backend']}"
+        where = f"{row['workload']} {row.get('target') or row['server']}"
         if row.get("failed"):
             problems.append(f"{where}: failed: {row['failed']}")
         for key in CORRECTNESS:
@@ -197,7 +203,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             + " | ".join(
                 [
                     row["workload"],
-                    row["server"],
+                    row["server"] + (" (batch=1)" if row.get("frames") == "batch=1" else ""),
                     f"{backend} ({durability})",
                     _fmt(row.get("connections")),
                     _fmt(rate, 0),

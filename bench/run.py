@@ -243,6 +243,7 @@ class Bench:
             "big_every": big_every,
             "drain_timeout": p.drain_timeout,
             "lead": p.lead,
+            "batch": server.target.batch,
         }
 
     def _phase(self, server: Server, spec: dict[str, Any]) -> dict[str, Any]:
@@ -286,6 +287,8 @@ class Bench:
             "workload": workload,
             "server": target.server,
             "log_backend": target.backend or "none",
+            "target": target.name,
+            "frames": target.frames,
             "durability": target.durability,
             "fsync_p99_ms": self.fsync.get("p99_ms"),
             **result,

@@ -46,8 +46,11 @@ def test_smoke_preset_runs_clean(tmp_path: Path) -> None:
     assert report["problems"] == []
     workloads = {row["workload"] for row in report["results"]}
     assert workloads == {"W1", "W2", "W3", "W4", "W5"}
-    servers = {(row["server"], row["log_backend"]) for row in report["results"]}
-    assert {("agentcast", "sqlite"), ("agentcast", "memory"), ("baseline", "none")} <= servers
+    targets = {row["target"] for row in report["results"]}
+    assert {"agentcast/sqlite", "agentcast/memory", "agentcast/sqlite+batch", "baseline"} <= targets
+    batched = [row for row in report["results"] if row["frames"] == "batch=1"]
+    assert batched
+    assert all(row["delivered"] > 0 for row in batched)
     for row in report["results"]:
         assert not row.get("failed"), row
         for key in ("gaps", "duplicates", "reorders", "undelivered"):

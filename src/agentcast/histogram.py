@@ -16,7 +16,7 @@ A scrape from another thread reads a copy of the counts taken in one step
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import pairwise
 
 from prometheus_client import CollectorRegistry
@@ -25,6 +25,10 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 __all__ = ["LoopHistogram"]
+
+#: How prometheus_client writes a bucket bound (``0.005``, ``1.0``), so the
+#: ``le`` labels are exactly a ``Histogram``'s. Untyped upstream.
+_bound_label: Callable[[float], str] = floatToGoString
 
 
 class LoopHistogram(Collector):
@@ -50,7 +54,7 @@ class LoopHistogram(Collector):
         self.name = name
         self.documentation = documentation
         self._bounds = bounds
-        self._labels = (*(floatToGoString(b) for b in bounds), "+Inf")
+        self._labels = (*(_bound_label(b) for b in bounds), "+Inf")
         self._counts = [0] * (len(bounds) + 1)  # the last one is +Inf
         self._sum = 0.0
         registry.register(self)

@@ -41,7 +41,10 @@ def assert_run_lifecycles(events: list[Event]) -> dict[str, list[Event]]:
     for run_id, evs in by_run.items():
         assert evs[0].type == "agent_started", f"{run_id} does not start with agent_started"
         terminals = [e for e in evs if e.type in TERMINAL_TYPES]
-        assert len(terminals) == 1, f"{run_id} has {len(terminals)} terminal events"
+        assert len(terminals) == 1, (
+            f"{run_id} has {len(terminals)} terminal events: "
+            f"{[(e.seq, e.type, e.data) for e in evs[-6:]]}"
+        )
         assert evs[-1] is terminals[0], f"{run_id} emits after its terminal event"
         assert sum(e.type == "agent_started" for e in evs) == 1
         open_calls: dict[str, str] = {}

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 
+from agentcast.agents import RunContext
+from agentcast.engine import Engine
 from agentcast.errors import InvalidInput, LimitExceeded, NotFound, RunActive
-from agentcast.store.base import RunStatus
+from agentcast.events import TERMINAL_TYPES
+from agentcast.log.base import StoredEvent
+from agentcast.store.base import RunRecord, RunStatus
 from tests.conftest import EngineFactory
 from tests.invariants import assert_status_matches
 from tests.runner.helpers import data_of, test_registry, thread_events, types_of, wait_run
@@ -70,6 +75,65 @@ async def test_timeout_ends_the_run_and_its_open_tool_call(make_engine: EngineFa
     ]  # fmt: skip
     assert events[3].data["status"] == "cancelled"
     assert events[4].data["error_type"] == "timeout"
+    assert record.status is RunStatus.FAILED
+
+
+def slow_terminal_writes(engine: Engine, delay: float) -> None:
+    """Terminal events become durable at once, but their caller hears of it ``delay`` later."""
+    real_emit = engine.runner._emit
+
+    async def emit(record: RunRecord, event_type: str, data: dict[str, Any]) -> StoredEvent:
+        stored = await real_emit(record, event_type, data)
+        if event_type in TERMINAL_TYPES:
+            await asyncio.sleep(delay)
+        return stored
+
+    engine.runner._emit = emit  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("cause", ["timeout", "cancel"])
+async def test_a_cancellation_during_the_terminal_write_adds_no_second_terminal(
+    make_engine: EngineFactory, cause: str
+) -> None:
+    """The run timer or a user's cancel, firing while agent_completed is being written."""
+    engine = await make_engine(test_registry(), run_timeout_s=0.5)
+    slow_terminal_writes(engine, 1.0)
+    ticket = await engine.runner.start_run("alice", "echo", "hi")
+    await wait_until(lambda: engine.runner.running_count == 1, message="echo to start running")
+    if cause == "cancel":
+        await asyncio.sleep(0.2)  # agent_completed is durable, its writer still waits
+        await engine.runner.cancel("alice", run_id=ticket.run_id)
+    record = await wait_run(engine, "alice", ticket.run_id)
+    await asyncio.wait_for(engine.runner.wait_idle(), 10)
+    events = await thread_events(engine, ticket.thread_id)  # exactly one terminal per run
+    assert types_of(events) == ["agent_started", "agent_thinking", "agent_completed"]
+    assert record.status is RunStatus.COMPLETED
+    assert_status_matches(record, events)
+
+
+async def test_a_parent_cancelled_while_its_sub_run_ends_ends_after_it(
+    make_engine: EngineFactory,
+) -> None:
+    """The sub-run's one terminal event, then the parent's cancellation: never two for one run."""
+    registry = test_registry()
+
+    async def parent_of_echo(ctx: RunContext) -> str:
+        answer = await ctx.delegate("echo", "from the parent")
+        await asyncio.sleep(30)  # a cancellation held back must still arrive
+        return answer
+
+    registry.register(parent_of_echo, name="parent_of_echo", description="delegates to echo")
+    engine = await make_engine(registry, run_timeout_s=0.5)
+    slow_terminal_writes(engine, 1.0)
+    ticket = await engine.runner.start_run("alice", "parent_of_echo", "x")
+    record = await wait_run(engine, "alice", ticket.run_id)
+    await asyncio.wait_for(engine.runner.wait_idle(), 10)
+    events = await thread_events(engine, ticket.thread_id)  # exactly one terminal per run
+    sub = [e for e in events if e.parent_run_id == ticket.run_id]
+    assert [e.type for e in sub] == ["agent_started", "agent_thinking", "agent_completed"]
+    assert events[-1].run_id == ticket.run_id
+    assert events[-1].type == "agent_error"
+    assert events[-1].data["error_type"] == "timeout"
     assert record.status is RunStatus.FAILED
 
 

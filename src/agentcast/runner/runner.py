@@ -73,6 +73,9 @@ class RunState:
     cancel_reason: str | None = None
     started: float = 0.0
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    #: A cancellation arrived while this (sub-)run's terminal event was being
+    #: written; it was held back until the event was durable (see _emit_terminal).
+    held_cancel: bool = False
 
     @property
     def top(self) -> RunState:
@@ -397,7 +400,7 @@ class Runner:
             }  # fmt: skip
             if structured is not msgspec.UNSET:
                 data["result"] = bounded_json(structured, self.settings.max_value_bytes)
-            await self._emit(rec, EventType.AGENT_COMPLETED, data)
+            await self._emit_terminal(state, EventType.AGENT_COMPLETED, data)
             return _Outcome(RunStatus.COMPLETED, final)
         except asyncio.CancelledError:
             reason = state.top.cancel_reason
@@ -409,29 +412,56 @@ class Runner:
             await _quietly(ctx.aclose())
             if not is_sub and reason == TIMED_OUT:
                 message = f"the run exceeded its {self.settings.run_timeout_s:g} s limit"
-                await self._emit(
-                    rec, EventType.AGENT_ERROR,
+                await self._emit_terminal(
+                    state, EventType.AGENT_ERROR,
                     {"error_type": "timeout", "message": message, "duration_ms": elapsed_ms()},
                 )  # fmt: skip
                 return _Outcome(RunStatus.FAILED, error="timeout")
             sub_reason = reason if not is_sub else f"parent run ended: {reason}"
-            await self._emit(
-                rec, EventType.AGENT_CANCELLED, {"reason": sub_reason, "duration_ms": elapsed_ms()}
-            )
+            await self._emit_terminal(
+                state, EventType.AGENT_CANCELLED,
+                {"reason": sub_reason, "duration_ms": elapsed_ms()},
+            )  # fmt: skip
             if is_sub:
                 raise
             return _Outcome(RunStatus.CANCELLED, error=reason)
         except Exception as exc:
             await _quietly(ctx.aclose())
             message = sanitize_error(exc)
-            await self._emit(
-                rec, EventType.AGENT_ERROR,
+            await self._emit_terminal(
+                state, EventType.AGENT_ERROR,
                 {"error_type": type(exc).__name__, "message": message, "duration_ms": elapsed_ms()},
             )  # fmt: skip
             return _Outcome(RunStatus.FAILED, error=message)
         finally:
             if timer is not None:
                 timer.cancel()
+
+    async def _emit_terminal(
+        self, state: RunState, event_type: str, data: dict[str, Any]
+    ) -> StoredEvent:
+        """Write a (sub-)run's one terminal event; a cancellation meanwhile waits for it.
+
+        Once submitted, the event is appended whatever happens to its caller.
+        Letting a cancellation (the run timer, a user's cancel, an interrupt)
+        cut this wait short would make the run believe it had not ended and
+        emit a second terminal event. So the wait is shielded and a
+        cancellation that arrives meanwhile is held: a top-level run has
+        ended anyway; a sub-run's parent gets it once this call returns (via
+        ``held_cancel``, re-raised by :meth:`_delegate`).
+        """
+        emit = asyncio.ensure_future(self._emit(state.record, event_type, data))
+        task = asyncio.current_task()
+        while True:
+            try:
+                return await asyncio.shield(emit)
+            except asyncio.CancelledError:
+                if emit.cancelled():
+                    raise  # the emit itself was cancelled (the loop is closing)
+                state.held_cancel = True
+                if task is not None:
+                    task.uncancel()
+                # Loop again: a finished emit returns (or raises) at once.
 
     def _time_out(self, state: RunState) -> None:
         if state.cancel_reason is None and state.task is not None and not state.task.done():
@@ -456,6 +486,10 @@ class Runner:
             outcome = await self._execute(sub)
         finally:
             self._states.pop(record.run_id, None)
+        if sub.held_cancel:
+            # The parent was cancelled while the sub-run wrote its terminal
+            # event: deliver that cancellation to the parent now.
+            raise asyncio.CancelledError
         if outcome.status is not RunStatus.COMPLETED:
             raise SubRunFailed(f"sub-agent {agent!r} failed: {outcome.error}")
         return outcome.final_response

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import secrets
 import time
 from typing import Any, Final
@@ -276,6 +277,11 @@ def main(argv: list[str] | None = None) -> None:
         timeout_graceful_shutdown=2,
         server_header=False,
     )
+    config.load()
+    # As agentcast's server does (gateway/server.py, frozen_startup_heap): full
+    # garbage-collector passes skip what exists at start-up.
+    gc.collect()
+    gc.freeze()
     uvicorn.Server(config).run()
 
 

@@ -113,6 +113,8 @@ class Preset:
     storm_jitter: float
     w4_targets: tuple[Target, ...]
     drain_timeout: float = 15.0
+    #: W2: steps that bisect between the last rate within the rule and the first past it.
+    ramp_refine: int = 0
 
 
 PRESETS: Final[dict[str, Preset]] = {
@@ -164,7 +166,8 @@ PRESETS: Final[dict[str, Preset]] = {
         w5_targets=(SQLITE, MEMLOG, BASELINE),
         ramp_start=1000.0,
         ramp_factor=1.4,
-        ramp_steps=12,
+        ramp_steps=14,
+        ramp_refine=2,
         ramp_duration=5.0,
         ramp_warmup=1.5,
         w2_targets=(SQLITE, MEMLOG, SQLITE_BATCH, MEMLOG_BATCH, BASELINE),

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -121,51 +122,73 @@ class Bench:
             self._stream_row("W5", target, big_every=self.preset.big_every)
 
     def _w2(self) -> None:
+        for target in self.preset.w2_targets:
+            self._w2_ramp(target)
+
+    def _w2_ramp(self, target: Target) -> None:
         p = self.preset
-        for target in p.w2_targets:
-            server = self._server(target, fresh=self.preset.fresh_servers)
-            steps: list[dict[str, Any]] = []
-            rate = p.ramp_start
-            knee: dict[str, Any] | None = None
-            crossed = False
-            for _ in range(p.ramp_steps):
-                result = self._phase(
-                    server,
-                    self._stream_spec(server, rate, p.ramp_duration, p.ramp_warmup, 0),
-                )
-                result["rate"] = rate
-                steps.append(result)
-                p99 = (result.get("latency_ms") or {}).get("p99")
-                self._say(
-                    f"  W2 {target.name} R={rate:.0f}: p99 {p99} ms, "
-                    f"{result.get('delivered_per_s')} delivered/s"
-                )
-                if "failed" in result or p99 is None or p99 > KNEE_P99_MS:
-                    crossed = True
-                    break
-                if knee is None or result["delivered_per_s"] > knee["delivered_per_s"]:
-                    knee = result
-                rate = round(rate * p.ramp_factor)
-            self._release(target)
-            row = self._row("W2", target, knee or {})
-            row.update(
-                {
-                    "knee_rule": f"highest delivered/s of a step with p99 <= {KNEE_P99_MS:g} ms",
-                    "knee_delivered_per_s": knee["delivered_per_s"] if knee else 0.0,
-                    "knee_rate": knee["rate"] if knee else None,
-                    "knee_reached": crossed,
-                    "steps": [_step_summary(s) for s in steps],
-                }
-            )
-            for key in (*CORRECTNESS[:3], "errors"):
-                row[key] = sum(int(s.get(key, 0)) for s in steps)
-            # A saturated step may still be delivering at its drain deadline:
-            # lag, not loss; holes (gaps) still count.
-            row["undelivered"] = sum(
-                int(s.get("undelivered", 0)) for s in steps if s is not steps[-1] or not crossed
-            )
-            row["failed"] = next((s["failed"] for s in steps if "failed" in s), None)
-            self.rows.append(row)
+        server = self._server(target, fresh=self.preset.fresh_servers)
+        steps: list[dict[str, Any]] = []
+        good: float | None = None
+        bad: float | None = None
+        rate = p.ramp_start
+        for _ in range(p.ramp_steps):
+            if not self._w2_step(server, target, rate, steps):
+                bad = rate
+                break
+            good, rate = rate, round(rate * p.ramp_factor)
+        # The ramp's factor is coarse: bisect (geometrically) between the last
+        # step within the rule and the first one past it.
+        refine = not any("failed" in s for s in steps)
+        for _ in range(p.ramp_refine):
+            if good is None or bad is None or not refine:
+                break
+            mid = round(math.sqrt(good * bad))
+            if mid in (good, bad):
+                break
+            if self._w2_step(server, target, mid, steps):
+                good = mid
+            else:
+                bad = mid
+        self._release(target)
+        within = [s for s in steps if s["within_rule"]]
+        knee = max(within, key=lambda s: s["delivered_per_s"]) if within else None
+        row = self._row("W2", target, knee or {})
+        row.update(
+            {
+                "knee_rule": f"highest delivered/s of a step with p99 <= {KNEE_P99_MS:g} ms",
+                "knee_delivered_per_s": knee["delivered_per_s"] if knee else 0.0,
+                "knee_rate": knee["rate"] if knee else None,
+                "knee_reached": bad is not None,
+                "steps": [_step_summary(s) for s in steps],
+            }
+        )
+        for key in (*CORRECTNESS[:3], "errors"):
+            row[key] = sum(int(s.get(key, 0)) for s in steps)
+        # A step past the rule may still be delivering at its drain deadline:
+        # lag, not loss; its holes (gaps) still count.
+        row["undelivered"] = sum(int(s.get("undelivered", 0)) for s in within)
+        row["failed"] = next((s["failed"] for s in steps if "failed" in s), None)
+        self.rows.append(row)
+
+    def _w2_step(
+        self, server: Server, target: Target, rate: float, steps: list[dict[str, Any]]
+    ) -> bool:
+        """One W2 step at ``rate``, appended to ``steps``; whether it kept to the knee rule."""
+        p = self.preset
+        result = self._phase(
+            server, self._stream_spec(server, rate, p.ramp_duration, p.ramp_warmup, 0)
+        )
+        result["rate"] = rate
+        p99 = (result.get("latency_ms") or {}).get("p99")
+        ok = "failed" not in result and p99 is not None and p99 <= KNEE_P99_MS
+        result["within_rule"] = ok
+        steps.append(result)
+        self._say(
+            f"  W2 {target.name} R={rate:.0f}: p99 {p99} ms, "
+            f"{result.get('delivered_per_s')} delivered/s"
+        )
+        return ok
 
     def _w3(self) -> None:
         p = self.preset
@@ -302,6 +325,7 @@ class Bench:
 def _step_summary(step: dict[str, Any]) -> dict[str, Any]:
     keys = (
         "rate",
+        "within_rule",
         "delivered_per_s",
         "cpu_us_per_event",
         "server_cpu_cores",

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 from bench.config import REPO, Target
 from bench.stats import raise_nofile_limit
 
@@ -159,6 +160,24 @@ class Server:
         """Stop the process (bounded) and close its log."""
         stop_process(self.proc)
         self._log.close()
+
+    def settle(self, *, idle_cores: float = 0.05, span: float = 0.5, limit: float = 20.0) -> float:
+        """Wait until the server is idle (CPU under ``idle_cores`` over ``span``); seconds waited.
+
+        A step past W2's knee leaves a backlog (events still being sent, a
+        long WAL to checkpoint); the next step must not pay for it. Bounded by
+        ``limit``: a server that never calms down is measured as it is.
+        """
+        proc = psutil.Process(self.pid)
+        start = time.monotonic()
+        while time.monotonic() - start < limit:
+            before = proc.cpu_times()
+            time.sleep(span)
+            after = proc.cpu_times()
+            used = (after.user + after.system) - (before.user + before.system)
+            if used / span < idle_cores:
+                break
+        return time.monotonic() - start
 
     def _wait_ready(self, deadline: float) -> None:
         while time.monotonic() < deadline:

@@ -188,6 +188,8 @@ class Bench:
             f"  W2 {target.name} R={rate:.0f}: p99 {p99} ms, "
             f"{result.get('delivered_per_s')} delivered/s"
         )
+        if not ok:  # the bisection's next step starts on an idle server
+            result["settle_s"] = round(server.settle(), 2)
         return ok
 
     def _w3(self) -> None:
@@ -326,6 +328,7 @@ def _step_summary(step: dict[str, Any]) -> dict[str, Any]:
     keys = (
         "rate",
         "within_rule",
+        "settle_s",
         "delivered_per_s",
         "cpu_us_per_event",
         "server_cpu_cores",

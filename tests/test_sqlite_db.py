@@ -87,6 +87,18 @@ async def test_open_creates_the_directory_the_schema_and_a_wal_database(
     assert {"streams", "events", "schema_version"} <= tables
 
 
+async def test_writer_and_readers_keep_statement_journals_in_memory(db: SqliteDatabase) -> None:
+    """temp_store=MEMORY (2): a 64 KiB op's savepoint journal never becomes a file."""
+
+    def temp_store(conn: sqlite3.Connection) -> tuple[int, int]:
+        return conn.execute("PRAGMA temp_store").fetchone()[0], conn.execute(
+            "PRAGMA synchronous"
+        ).fetchone()[0]
+
+    assert await db.write(temp_store) == (2, 2)  # MEMORY; FULL is unchanged
+    assert await db.read(temp_store) == (2, 2)
+
+
 async def test_open_and_close_are_idempotent(tmp_path: Path) -> None:
     db = SqliteDatabase(tmp_path)
     await db.open()

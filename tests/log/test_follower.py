@@ -76,6 +76,18 @@ def test_tail_holds_a_contiguous_range_above_its_floor() -> None:
     assert tail.read("th_1", 5, 10) == evs(6, 8)
 
 
+def test_a_full_thread_drops_its_oldest_an_eighth_at_a_time() -> None:
+    tail = Tail(max_events=16, max_threads=10)  # slack: 16 // 8 = 2 events
+    for seq in range(1, 19):
+        tail.publish([ev(seq)])
+    assert (tail.floor("th_1"), tail.head("th_1")) == (0, 18)  # 16 + 2: nothing dropped yet
+    tail.publish([ev(19)])  # one over: back to 16 in one step
+    assert (tail.floor("th_1"), tail.head("th_1")) == (3, 19)
+    assert tail.read("th_1", 3, 100) == evs(4, 19)
+    assert tail.read("th_1", 2, 100) is None
+    assert tail.nbytes == sum(len(e.raw) for e in evs(4, 19))
+
+
 def test_tail_ignores_republished_events_and_restarts_after_a_gap() -> None:
     tail = Tail(max_events=10, max_threads=10)
     tail.publish(evs(1, 3))

@@ -85,6 +85,12 @@ async def test_status_is_projected_from_the_runs_events(make_engine: EngineFacto
     assert (record.status, record.first_seq, record.last_seq) == (RunStatus.RUNNING, s1, s1)
     s2 = await emit("agent_thinking", {"reasoning": "r"})
     assert (await store.get_run("alice", run.run_id)).last_seq == s2
+    s2 = await emit("agent_thinking", {"reasoning": "r2"})  # every way of reading sees it
+    assert [r.last_seq for r in await store.active_runs()] == [s2]
+    assert [r.last_seq for r in await store.list_runs("alice", thread.thread_id)] == [s2]
+    found = await store.find_run(run.run_id)
+    assert found is not None
+    assert found.last_seq == s2
     s3 = await emit(
         "agent_completed", {"status": "success", "final_response": "a", "duration_ms": 1}
     )

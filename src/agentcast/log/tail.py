@@ -57,7 +57,8 @@ class Tail:
     after its commit returned, in commit order.
 
     Args:
-        max_events: Events kept per thread (the oldest are dropped first).
+        max_events: Events kept per thread (the oldest are dropped first, an eighth
+            of ``max_events`` at a time, so a thread may briefly hold up to 9/8 of it).
         max_threads: Threads tracked (least recently used evicted first).
         max_bytes: Envelope bytes held in all (least recently used threads evicted first).
     """
@@ -71,6 +72,9 @@ class Tail:
         if max_events < 1 or max_threads < 1 or max_bytes < 1:
             raise ValueError("tail bounds must be >= 1")
         self._max_events = max_events
+        #: Events a thread may hold beyond ``max_events`` before its oldest
+        #: are dropped, all at once (an eighth: 128 of the default 1,024).
+        self._slack = max_events // 8
         self._max_threads = max_threads
         self._max_bytes = max_bytes
         self._nbytes = 0
@@ -240,7 +244,9 @@ class Tail:
         entry.events.append(event)
         entry.nbytes += len(event.raw)
         self._nbytes += len(event.raw)
-        if len(entry.events) > self._max_events:
+        if len(entry.events) > self._max_events + self._slack:
+            # In steps of ``_slack`` events: dropping one at a time shifted the
+            # whole list on every publish once a busy thread was full.
             self._drop_oldest(entry, len(entry.events) - self._max_events)
         while self._nbytes > self._max_bytes and len(self._threads) > 1:
             _, evicted = self._threads.popitem(last=False)

@@ -35,6 +35,10 @@ class MemoryStore:
     def __init__(self) -> None:
         self._threads: dict[str, ThreadRecord] = {}
         self._runs: dict[str, RunRecord] = {}
+        #: A run's ``last_seq`` moves with every event: kept here, folded into
+        #: its record when read, so that an event costs a dict store, not a new
+        #: RunRecord (the projection ran once per event per run).
+        self._last_seq: dict[str, int] = {}
         self._messages: dict[str, list[MessageRecord]] = {}
         self._idempotency: dict[tuple[str, str], str] = {}
         self._positions = itertools.count(1)
@@ -79,7 +83,7 @@ class MemoryStore:
         if run.idempotency_key is not None:
             existing = self._idempotency.get((run.user_id, run.idempotency_key))
             if existing is not None:
-                return self._runs[existing], False
+                return self._run(existing), False
         now = time.time()
         record = RunRecord(
             run.run_id, run.thread_id, run.user_id, run.agent, run.input, run.parent_run_id,
@@ -95,28 +99,28 @@ class MemoryStore:
         return record, True
 
     async def get_run(self, user_id: str, run_id: str) -> RunRecord:
-        record = self._runs.get(run_id)
+        record = self._run(run_id) if run_id in self._runs else None
         if record is None or record.user_id != user_id:
             raise NotFound("run not found")
         return record
 
     async def find_run(self, run_id: str) -> RunRecord | None:
-        return self._runs.get(run_id)
+        return self._run(run_id) if run_id in self._runs else None
 
     async def find_run_by_key(self, user_id: str, idempotency_key: str) -> RunRecord | None:
         run_id = self._idempotency.get((user_id, idempotency_key))
-        return None if run_id is None else self._runs[run_id]
+        return None if run_id is None else self._run(run_id)
 
     async def active_runs(self) -> list[RunRecord]:
         return sorted(
-            (r for r in self._runs.values() if r.status in ACTIVE_STATUSES),
+            [self._run(r.run_id) for r in list(self._runs.values()) if r.status in ACTIVE_STATUSES],
             key=lambda r: r.queue_pos,
         )
 
     async def list_runs(self, user_id: str, thread_id: str) -> list[RunRecord]:
         await self.get_thread(user_id, thread_id)
         return sorted(
-            (r for r in self._runs.values() if r.thread_id == thread_id),
+            [self._run(r.run_id) for r in list(self._runs.values()) if r.thread_id == thread_id],
             key=lambda r: r.queue_pos,
         )
 
@@ -130,6 +134,10 @@ class MemoryStore:
             record = self._runs.get(change.run_id)
             if record is None:
                 continue
+            if change.first_seq is None and change.started_at is None and change.status is None:
+                self._last_seq[change.run_id] = change.last_seq  # the common case
+                continue
+            self._last_seq.pop(change.run_id, None)
             updates: dict[str, object] = {"last_seq": change.last_seq}
             if change.first_seq is not None and record.first_seq is None:
                 updates["first_seq"] = change.first_seq
@@ -149,6 +157,14 @@ class MemoryStore:
                         change.ended_at or time.time(),
                     )  # fmt: skip
             self._runs[change.run_id] = _replace_run(record, updates)
+
+    def _run(self, run_id: str) -> RunRecord:
+        """The run's record with its latest ``last_seq`` (``KeyError`` if unknown)."""
+        record = self._runs[run_id]
+        seq = self._last_seq.pop(run_id, None)
+        if seq is not None:
+            record = self._runs[run_id] = _replace_run(record, {"last_seq": seq})
+        return record
 
     def _add_message(
         self, thread_id: str, run_id: str | None, role: str, content: str, at: float

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -221,3 +223,37 @@ async def test_metrics_count_events_by_type() -> None:
     assert 'agentcast_events_emitted_total{type="custom"} 3.0' in text
     assert 'agentcast_bridge_state{state="active"} 1.0' in text
     await bridge.close()
+
+
+async def test_a_commit_lost_in_transit_is_retried_and_stored_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """COMMIT is durable but reports an error: the retry finds the event, never adds a second.
+
+    Fresh event ids skip the log's look-up of stored ids; a retried batch must
+    not, or the unique index would reject the retry as a duplicate.
+    """
+    settings = FAST.with_(log_backend="sqlite", data_dir=tmp_path / "data")
+    engine = Engine(settings)
+    await engine.start()
+    try:
+        db = engine.db
+        assert db is not None
+        lost: list[bool] = []
+        real_commit = db._commit
+
+        def commit_then_fail_once(conn: sqlite3.Connection) -> None:
+            real_commit(conn)
+            if not lost:
+                lost.append(True)
+                raise sqlite3.OperationalError("disk I/O error after the commit (injected)")
+
+        monkeypatch.setattr(db, "_commit", commit_then_fail_once)
+        stored = await emit(engine.bridge, 1)
+        monkeypatch.undo()
+        assert lost == [True]
+        events = await engine.log.read("th_1")
+        assert [(e.seq, e.event_id) for e in events] == [(1, stored.event_id)]  # type: ignore[attr-defined]
+        assert engine.metrics.append_failures._value.get() == 1
+    finally:
+        await engine.shutdown()

@@ -214,6 +214,32 @@ async def test_a_failing_op_is_rolled_back_alone(db: SqliteDatabase) -> None:
     assert db.stats.groups_failed == 0
 
 
+async def test_a_failing_op_alone_in_its_group_is_rolled_back(db: SqliteDatabase) -> None:
+    """A one-op group has no savepoint: its transaction is rolled back instead."""
+
+    def half_then_fail(conn: sqlite3.Connection) -> None:
+        insert(2)(conn)
+        raise ValueError("op failed")
+
+    statements: list[str] = []
+    before = db.stats.groups_committed
+    with pytest.raises(ValueError, match="op failed"):
+        await db.write(half_then_fail)
+    assert await thread_ids(db) == []
+    assert db.stats.groups_failed == 0
+
+    def traced(conn: sqlite3.Connection) -> int:
+        conn.set_trace_callback(statements.append)
+        return insert(4)(conn)
+
+    assert await db.write(traced) == 4
+    await db.write(lambda conn: conn.set_trace_callback(None))
+    assert await thread_ids(db) == ["th_4"]
+    assert db.stats.groups_committed - before == 2
+    assert "COMMIT" in statements
+    assert not [s for s in statements if "agentcast_op" in s]  # no savepoint to release
+
+
 async def test_a_failed_commit_fails_every_op_and_commits_nothing(
     db: SqliteDatabase, monkeypatch: pytest.MonkeyPatch
 ) -> None:

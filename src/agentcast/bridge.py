@@ -29,6 +29,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+import msgspec
+
 from .config import EngineSettings
 from .errors import AgentcastError, LogUnavailable, Unavailable
 from .events import EventType, encode_payload
@@ -200,6 +202,7 @@ class Bridge:
             time.time(),
             agent,
             payload,
+            event_id is None,  # fresh: ours, never submitted before
         )
         return await self._submit(draft)
 
@@ -237,9 +240,11 @@ class Bridge:
                             p.future.set_exception(exc)
                         queue.task_done()
                     continue
+                self._inflight = _retried(batch)
                 await self._append_failed(exc)
                 continue
             except Exception as exc:
+                self._inflight = _retried(batch)
                 await self._append_failed(exc)
                 continue
             self._inflight = []
@@ -493,6 +498,14 @@ class Bridge:
         self.metrics.set_state(new)
         log = logger.warning if new in (BridgeState.DEGRADED, BridgeState.FAILED) else logger.info
         log("bridge %s -> %s (%s)", old, new, reason)
+
+
+def _retried(batch: list[_Pending]) -> list[_Pending]:
+    """The batch for its next attempt: the last one may have committed, so no draft is fresh."""
+    for pending in batch:
+        if pending.draft.fresh:
+            pending.draft = msgspec.structs.replace(pending.draft, fresh=False)
+    return batch
 
 
 async def _close_logged(log: EventLog) -> None:

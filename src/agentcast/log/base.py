@@ -44,6 +44,10 @@ class EventDraft(msgspec.Struct, frozen=True):
     ts: float
     agent: str | None
     data: bytes
+    #: ``event_id`` was made for this draft and it was never submitted before,
+    #: so no stored event can carry it: a backend may skip its look-up of
+    #: already stored ids (invariant 7 still holds: a retry clears the flag).
+    fresh: bool = False
 
 
 class StoredEvent(msgspec.Struct, frozen=True):

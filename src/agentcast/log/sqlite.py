@@ -319,7 +319,11 @@ class SqliteLog:
         self, conn: sqlite3.Connection, batches: list[list[EventDraft]]
     ) -> tuple[list[list[StoredEvent]], list[StoredEvent]]:
         """Store the batches in order; return each batch as stored, and what is new."""
-        known = _stored_by_id(conn, {d.event_id for drafts in batches for d in drafts})
+        # Invariant 7 needs the look-up only for ids that may have been stored
+        # before (the caller's own, or a retry); the unique index guards the rest.
+        known = _stored_by_id(
+            conn, {d.event_id for drafts in batches for d in drafts if not d.fresh}
+        )
         # One query for every stream of the group, not one per thread (hot path).
         heads = _heads(conn, {d.thread_id for drafts in batches for d in drafts})
         stored: list[list[StoredEvent]] = []
@@ -471,6 +475,8 @@ def _heads(conn: sqlite3.Connection, thread_ids: set[str]) -> dict[str, int]:
 def _stored_by_id(conn: sqlite3.Connection, event_ids: Iterable[str]) -> dict[str, StoredEvent]:
     ids = list(event_ids)
     found: dict[str, StoredEvent] = {}
+    if not ids:
+        return found
     for i in range(0, len(ids), _ID_CHUNK):
         chunk = ids[i : i + _ID_CHUNK]
         marks = ",".join("?" * len(chunk))

@@ -18,7 +18,13 @@ the group gets :class:`~agentcast.errors.LogUnavailable` and nothing of the
 group is committed.
 
 Checkpoints run on their own thread and connection (``wal_autocheckpoint``
-is off), so the commit path never pays for them.
+is off), so the commit path never pays for copying pages. SQLite starts the
+WAL over only when a write transaction begins with every frame checkpointed,
+which a background checkpoint never achieves under a steady stream of commits
+(a 15-second load grew it to 535 MB, and every commit then extended the
+file). So once the WAL holds :data:`WAL_RESTART_FRAMES`, the writer
+checkpoints the few frames written since, between two groups, and the next
+group starts the WAL from its beginning; ``journal_size_limit`` trims the file.
 
 **NORMAL mode.** ``synchronous=NORMAL`` is a documented opt-in: a power loss
 may lose the last commits. Because a lost commit could let a ``seq`` be
@@ -48,7 +54,14 @@ from ..errors import InternalError, LogUnavailable
 from .lock import LOCK_FILENAME, DataDirLock
 from .schema import MIGRATIONS, SCHEMA_VERSION
 
-__all__ = ["LOCK_FILENAME", "MAX_GROUP_OPS", "SqliteDatabase", "WriteStats"]
+__all__ = [
+    "LOCK_FILENAME",
+    "MAX_GROUP_OPS",
+    "WAL_RESTART_FRAMES",
+    "WAL_SIZE_LIMIT",
+    "SqliteDatabase",
+    "WriteStats",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +70,10 @@ Synchronous = Literal["FULL", "NORMAL"]
 
 #: Most ops committed in one transaction; the rest wait for the next group.
 MAX_GROUP_OPS: Final = 1024
+#: WAL frames (pages of 4 KiB) after which the WAL is started over (16 MiB).
+WAL_RESTART_FRAMES: Final = 4096
+#: The WAL file is truncated back to this many bytes once it was started over.
+WAL_SIZE_LIMIT: Final = 64 * 1024 * 1024
 _BUSY_TIMEOUT_S: Final = 5.0
 
 
@@ -67,6 +84,8 @@ class WriteStats:
     groups_committed: int = 0
     ops_committed: int = 0
     groups_failed: int = 0
+    #: Times the writer caught up with the checkpoint so that the WAL starts over.
+    wal_restarts: int = 0
 
 
 class _Op(NamedTuple):
@@ -91,6 +110,7 @@ class SqliteDatabase:
             the module docstring).
         readers: Number of read-only connections, each on its own thread.
         checkpoint_interval: Seconds between passive WAL checkpoints.
+        wal_restart_frames: WAL frames after which the WAL is started over.
         filename: Database file name inside ``data_dir``.
     """
 
@@ -101,6 +121,7 @@ class SqliteDatabase:
         synchronous: Synchronous = "FULL",
         readers: int = 2,
         checkpoint_interval: float = 1.0,
+        wal_restart_frames: int = WAL_RESTART_FRAMES,
         filename: str = "agentcast.db",
     ) -> None:
         if synchronous not in ("FULL", "NORMAL"):
@@ -112,6 +133,10 @@ class SqliteDatabase:
         self._synchronous: Synchronous = synchronous
         self._readers = readers
         self._checkpoint_interval = checkpoint_interval
+        self._wal_restart_frames = wal_restart_frames
+        #: Set by the checkpoint thread, cleared by the writer (a bool: atomic
+        #: under the GIL): the WAL is long and almost all checkpointed.
+        self._restart_wanted = False
         self._open_lock = asyncio.Lock()
         self._is_open = False
         self._accepting = False
@@ -284,6 +309,7 @@ class SqliteDatabase:
                 raise InternalError(f"cannot put {self._path} in WAL mode (got {mode!r})")
             # Checkpoints run on their own thread, off the commit path.
             conn.execute("PRAGMA wal_autocheckpoint=0")
+            conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             _migrate(conn, self._path)
             if rotate_epochs:
                 conn.execute("UPDATE streams SET epoch = lower(hex(randomblob(8)))")
@@ -326,12 +352,31 @@ class SqliteDatabase:
                     group.append(cast(_Op, item))
                 outcomes, conn = self._run_group(conn, group)
                 _call_soon(loop, self._deliver, group, outcomes)
+                if self._restart_wanted and conn is not None:
+                    self._catch_up(conn)
         finally:
             if conn is not None:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
                 conn.close()
             _call_soon(loop, self._writer_stopped)
+
+    def _catch_up(self, conn: sqlite3.Connection) -> None:
+        """Between two groups: checkpoint what the background checkpoint has not reached.
+
+        Only the frames committed since it started are left, so this is short;
+        with every frame checkpointed, the next group starts the WAL over.
+        """
+        self._restart_wanted = False
+        try:
+            busy, frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error:
+            logger.exception("WAL checkpoint of %s by the writer failed", self._path)
+            return
+        if busy or frames != done:
+            self._restart_wanted = True  # a reader or the other checkpoint: after the next group
+        else:
+            self.stats.wal_restarts += 1
 
     def _run_group(
         self, conn: sqlite3.Connection | None, group: list[_Op]
@@ -464,7 +509,9 @@ class SqliteDatabase:
             while not stop.wait(self._checkpoint_interval):
                 try:
                     # PASSIVE never blocks the writer nor waits for readers.
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    busy, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    if not busy and frames >= self._wal_restart_frames:
+                        self._restart_wanted = True
                 except sqlite3.Error:
                     logger.exception("WAL checkpoint of %s failed", self._path)
         finally:

@@ -15,7 +15,8 @@ Workloads (docs/performance.md has the figures and the exact commands):
 * **W1** agent streams: U users, 1-3 connections each on one thread, runs
   emitting at a total rate R on an open-loop schedule.
 * **W2** saturation: W1's shape with R raised step by step until p99 passes
-  50 ms; the knee is the highest delivered events/s of a step that stayed under.
+  50 ms, then bisected between the last step under it and the first over it;
+  the knee is the highest delivered events/s of a step that stayed under.
 * **W3** idle connections: C authenticated, subscribed, idle connections;
   server memory per connection = RSS delta ÷ C (kernel TCP memory apart).
 * **W4** reconnect storm: every connection drops at once mid-stream and

@@ -13,6 +13,7 @@ import contextlib
 import math
 import resource
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import psutil  # type: ignore[import-untyped]
@@ -56,7 +57,7 @@ class Tracker:
         return self.contig >= self.expected
 
 
-def percentiles(values: list[float]) -> dict[str, float | int | None]:
+def percentiles(values: Sequence[float]) -> dict[str, float | int | None]:
     """p50 / p99 / p99.9 / max in milliseconds (nearest rank), and the count."""
     if not values:
         return {"count": 0, "p50": None, "p99": None, "p999": None, "max": None}

@@ -396,28 +396,25 @@ class SqliteDatabase:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             return self._fail_group(group, exc), self._after_failure(conn)
+        # A lone op (the common case while commits keep up) needs no savepoint:
+        # the transaction is its savepoint, two statements less per commit.
+        savepoints = len(group) > 1
         outcomes: list[tuple[bool, Any]] = []
         try:
-            if len(group) == 1:
-                # One op, the common case while commits keep up: the transaction
-                # is its savepoint, two statements less per commit.
+            for op in group:
+                if savepoints:
+                    conn.execute(f"SAVEPOINT {_SAVEPOINT}")
                 try:
-                    outcomes.append((True, group[0].fn(conn)))
+                    outcomes.append((True, op.fn(conn)))
                 except BaseException as exc:
                     if not conn.in_transaction:
                         raise  # the error aborted the whole transaction
-                    conn.execute("ROLLBACK")
-                    return [(False, exc)], conn
-            else:
-                for op in group:
-                    conn.execute(f"SAVEPOINT {_SAVEPOINT}")
-                    try:
-                        outcomes.append((True, op.fn(conn)))
-                    except BaseException as exc:
-                        if not conn.in_transaction:
-                            raise  # the error aborted the whole transaction
-                        conn.execute(f"ROLLBACK TO {_SAVEPOINT}")
-                        outcomes.append((False, exc))
+                    if not savepoints:
+                        conn.execute("ROLLBACK")
+                        return [(False, exc)], conn
+                    conn.execute(f"ROLLBACK TO {_SAVEPOINT}")
+                    outcomes.append((False, exc))
+                if savepoints:
                     conn.execute(f"RELEASE {_SAVEPOINT}")
             self._commit(conn)
         except BaseException as exc:

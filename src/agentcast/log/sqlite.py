@@ -475,8 +475,6 @@ def _heads(conn: sqlite3.Connection, thread_ids: set[str]) -> dict[str, int]:
 def _stored_by_id(conn: sqlite3.Connection, event_ids: Iterable[str]) -> dict[str, StoredEvent]:
     ids = list(event_ids)
     found: dict[str, StoredEvent] = {}
-    if not ids:
-        return found
     for i in range(0, len(ids), _ID_CHUNK):
         chunk = ids[i : i + _ID_CHUNK]
         marks = ",".join("?" * len(chunk))

@@ -82,8 +82,9 @@ class MemoryStore:
         thread = await self.get_thread(run.user_id, run.thread_id)
         if run.idempotency_key is not None:
             existing = self._idempotency.get((run.user_id, run.idempotency_key))
-            if existing is not None:
-                return self._run(existing), False
+            record = None if existing is None else self._run(existing)
+            if record is not None:
+                return record, False
         now = time.time()
         record = RunRecord(
             run.run_id, run.thread_id, run.user_id, run.agent, run.input, run.parent_run_id,
@@ -99,13 +100,13 @@ class MemoryStore:
         return record, True
 
     async def get_run(self, user_id: str, run_id: str) -> RunRecord:
-        record = self._run(run_id) if run_id in self._runs else None
+        record = self._run(run_id)
         if record is None or record.user_id != user_id:
             raise NotFound("run not found")
         return record
 
     async def find_run(self, run_id: str) -> RunRecord | None:
-        return self._run(run_id) if run_id in self._runs else None
+        return self._run(run_id)
 
     async def find_run_by_key(self, user_id: str, idempotency_key: str) -> RunRecord | None:
         run_id = self._idempotency.get((user_id, idempotency_key))
@@ -113,14 +114,14 @@ class MemoryStore:
 
     async def active_runs(self) -> list[RunRecord]:
         return sorted(
-            [self._run(r.run_id) for r in list(self._runs.values()) if r.status in ACTIVE_STATUSES],
+            [self._current(r) for r in list(self._runs.values()) if r.status in ACTIVE_STATUSES],
             key=lambda r: r.queue_pos,
         )
 
     async def list_runs(self, user_id: str, thread_id: str) -> list[RunRecord]:
         await self.get_thread(user_id, thread_id)
         return sorted(
-            [self._run(r.run_id) for r in list(self._runs.values()) if r.thread_id == thread_id],
+            [self._current(r) for r in list(self._runs.values()) if r.thread_id == thread_id],
             key=lambda r: r.queue_pos,
         )
 
@@ -158,12 +159,17 @@ class MemoryStore:
                     )  # fmt: skip
             self._runs[change.run_id] = _replace_run(record, updates)
 
-    def _run(self, run_id: str) -> RunRecord:
-        """The run's record with its latest ``last_seq`` (``KeyError`` if unknown)."""
-        record = self._runs[run_id]
-        seq = self._last_seq.pop(run_id, None)
-        if seq is not None:
-            record = self._runs[run_id] = _replace_run(record, {"last_seq": seq})
+    def _run(self, run_id: str) -> RunRecord | None:
+        """The run's record with its latest ``last_seq``; ``None`` if unknown."""
+        record = self._runs.get(run_id)
+        return None if record is None else self._current(record)
+
+    def _current(self, record: RunRecord) -> RunRecord:
+        """``record`` with the ``last_seq`` the projection kept aside folded in."""
+        seq = self._last_seq.pop(record.run_id, None)
+        if seq is None:
+            return record
+        record = self._runs[record.run_id] = _replace_run(record, {"last_seq": seq})
         return record
 
     def _add_message(

@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test test-fast lint typecheck bench clean
+.PHONY: serve test test-fast test-starved lint typecheck bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,15 @@ test: $(STAMP)
 ## Fast feedback: skip the tests marked slow.
 test-fast: $(STAMP)
 	$(BIN)/pytest -m "not slow"
+
+## The timing-sensitive tests (marked `timing` by tests/conftest.py) on one
+## starved CPU: pinned to CPU $(STARVED_CPU) (taskset) beside a busy-loop hog on the
+## same CPU, with AGENTCAST_TEST_TIME_SCALE=4 and AGENTCAST_REQUIRE_SERVICES=1
+## unless set in the environment. tests/starved.py always kills the hog, and stops
+## pytest past STARVED_DEADLINE_S (default 2700). More pytest arguments: ARGS="-x".
+STARVED_CPU ?= 0
+test-starved: $(STAMP)
+	taskset -c $(STARVED_CPU) $(BIN)/python tests/starved.py --cpu $(STARVED_CPU) -- $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from agentcast.errors import LogUnavailable
 from agentcast.log.base import EventDraft, Follower, StoredEvent, StreamInfo
@@ -56,3 +56,6 @@ class FlakyLog:
 
     async def trim(self, thread_id: str, before_seq: int) -> int:
         return await self.inner.trim(thread_id, before_seq)
+
+    def add_commit_listener(self, listener: Callable[[Sequence[StoredEvent]], None]) -> None:
+        self.inner.add_commit_listener(listener)

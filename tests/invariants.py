@@ -63,7 +63,9 @@ def assert_run_lifecycles(events: list[Event]) -> dict[str, list[Event]]:
         if parent is not None:
             assert parent in by_run, f"sub-run {run_id} of unknown parent {parent}"
             assert by_run[parent][0].seq < evs[0].seq
-            assert terminal_seq[run_id] < terminal_seq[parent], "parent ended before sub-run"
+            assert terminal_seq[run_id] < terminal_seq[parent], (
+                f"parent {parent} ended before sub-run {run_id}"
+            )
     return dict(by_run)
 
 

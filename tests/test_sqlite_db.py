@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from agentcast.db.schema import SCHEMA_VERSION
-from agentcast.db.sqlite import LOCK_FILENAME, SqliteDatabase
+from agentcast.db.sqlite import LOCK_FILENAME, SqliteDatabase, WriteOutcomeUnknown
 from agentcast.errors import DataDirLocked, InternalError, LogUnavailable
-from tests.utils import MS, wait_until
+from tests.utils import MS, seconds, wait_until
 
 
 class Gate:
@@ -382,7 +382,8 @@ async def test_epochs_rotate_after_an_unclean_normal_session(
     lock = tmp_path / LOCK_FILENAME
     marker = json.loads(lock.read_text())
     assert marker["state"] == "closed"
-    lock.write_text(json.dumps({"pid": 1, "state": state, "synchronous": previous}))
+    # Only the session's state changes: the database is still the one the marker names.
+    lock.write_text(json.dumps({**marker, "pid": 1, "state": state, "synchronous": previous}))
 
     db = SqliteDatabase(tmp_path)
     await db.open()
@@ -390,4 +391,115 @@ async def test_epochs_rotate_after_an_unclean_normal_session(
     assert db.epochs_rotated is rotated
     assert (epoch != "e") is rotated
     assert json.loads(lock.read_text())["state"] == "open"
+    await db.close()
+
+
+# --- a dead writer thread: every write fails at once, a new writer takes over ------------
+
+
+def writer_dies_holding_a_group(
+    db: SqliteDatabase, monkeypatch: pytest.MonkeyPatch
+) -> tuple[threading.Event, threading.Event]:
+    """The writer's next group blocks until released, then an exception escapes its loop."""
+    entered, release = threading.Event(), threading.Event()
+
+    def dying(conn: sqlite3.Connection, group: list[Any]) -> Any:
+        entered.set()
+        assert release.wait(seconds(5))
+        raise RuntimeError("writer bug (injected)")
+
+    monkeypatch.setattr(db, "_run_group", dying)
+    return entered, release
+
+
+async def test_a_dead_writer_fails_every_pending_write_at_once_and_is_restarted(
+    db: SqliteDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entered, release = writer_dies_holding_a_group(db, monkeypatch)
+    restarting, restart = threading.Event(), threading.Event()
+    real_connect = db._connect_writer
+
+    def held_connect() -> sqlite3.Connection:
+        restarting.set()
+        assert restart.wait(seconds(5))
+        return real_connect()
+
+    monkeypatch.setattr(db, "_connect_writer", held_connect)
+    in_flight = db.submit(insert(1))
+    assert await asyncio.to_thread(entered.wait, seconds(5))
+    queued = [db.submit(insert(i)) for i in (2, 3)]  # behind the group the writer holds
+    release.set()
+    async with asyncio.timeout(seconds(5)):
+        outcomes = await asyncio.gather(in_flight, *queued, return_exceptions=True)
+    assert [type(o) for o in outcomes] == [WriteOutcomeUnknown, LogUnavailable, LogUnavailable]
+    assert all(isinstance(o, BaseException) and "died" in str(o) for o in outcomes)
+    assert all(isinstance(o, BaseException) and type(o.__cause__) is RuntimeError for o in outcomes)
+    # Until a new writer runs, a write fails at once (and a health probe with it).
+    assert not db.writer_alive
+    assert isinstance(db.writer_error, RuntimeError)
+    async with asyncio.timeout(seconds(5)):
+        with pytest.raises(LogUnavailable, match="died"):
+            await db.write(insert(4))
+    assert await asyncio.to_thread(restarting.wait, seconds(5))
+    monkeypatch.undo()
+    restart.set()
+    await wait_until(lambda: db.writer_alive, within=seconds(5), message="a new writer")
+    assert db.writer_error is None
+    async with asyncio.timeout(seconds(5)):
+        assert await db.write(insert(5)) == 5
+    assert await thread_ids(db) == ["th_5"]  # nothing of the dead writer's ops committed
+    assert (db.stats.writer_deaths, db.stats.writer_restarts) == (1, 1)
+
+
+async def test_a_writer_that_cannot_restart_keeps_failing_fast_until_it_can(
+    db: SqliteDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed restart leaves the database broken, never hanging; the next write retries it."""
+    _, release = writer_dies_holding_a_group(db, monkeypatch)
+
+    def no_connection() -> sqlite3.Connection:
+        raise sqlite3.OperationalError("unable to open database file (injected)")
+
+    monkeypatch.setattr(db, "_connect_writer", no_connection)
+    write = db.submit(insert(1))
+    release.set()
+    async with asyncio.timeout(seconds(5)):
+        with pytest.raises(WriteOutcomeUnknown):
+            await write
+    await wait_until(lambda: db.stats.writer_restart_failures == 1, within=seconds(5))
+    assert not db.writer_alive
+    async with asyncio.timeout(seconds(5)):
+        with pytest.raises(LogUnavailable, match="died"):
+            await db.write(insert(2))  # refused at once; it tries a new writer again
+    await wait_until(lambda: db.stats.writer_restart_failures == 2, within=seconds(5))
+    assert not db.writer_alive
+    monkeypatch.undo()  # whatever broke the writer is repaired
+    with pytest.raises(LogUnavailable, match="died"):
+        await db.write(insert(3))
+    await wait_until(lambda: db.writer_alive, within=seconds(5), message="a new writer")
+    async with asyncio.timeout(seconds(5)):
+        assert await db.write(insert(4)) == 4
+    assert await thread_ids(db) == ["th_4"]
+    assert (db.stats.writer_deaths, db.stats.writer_restarts) == (1, 1)
+
+
+async def test_close_after_the_writer_died_releases_the_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = SqliteDatabase(tmp_path)
+    await db.open()
+    entered, release = writer_dies_holding_a_group(db, monkeypatch)
+    write = db.submit(insert(1))
+    assert await asyncio.to_thread(entered.wait, seconds(5))
+    async with asyncio.timeout(seconds(5)):
+        closing = asyncio.ensure_future(db.close())
+        release.set()
+        with pytest.raises(WriteOutcomeUnknown):
+            await write
+        await closing
+    monkeypatch.undo()
+    assert not db.writer_alive
+    await db.open()  # the lock was released; a fresh writer
+    assert db.writer_alive
+    assert await db.write(insert(2)) == 2
     await db.close()

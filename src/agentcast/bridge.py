@@ -32,7 +32,7 @@ from typing import Any, Final
 import msgspec
 
 from .config import EngineSettings
-from .errors import AgentcastError, LogUnavailable, Unavailable
+from .errors import AgentcastError, AppendRejected, LogUnavailable, Unavailable
 from .events import EventType, encode_payload
 from .lifecycle import BridgeState, Lifecycle, StateObserver
 from .log.base import EventDraft, EventLog, Follower, StoredEvent, StreamInfo
@@ -92,6 +92,10 @@ class Bridge:
         self._lifecycle.add_observer(self._on_state)
         self._queue: asyncio.Queue[_Pending] | None = None
         self._inflight: list[_Pending] = []
+        #: Append the in-flight batch one event at a time (after a refusal).
+        self._isolating = False
+        #: The append in flight and the events it carries (settled by close()).
+        self._attempt: tuple[list[_Pending], asyncio.Future[list[StoredEvent]]] | None = None
         self._init_task: asyncio.Task[None] | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._factories: dict[str, Callable[[], Awaitable[None]]] = {}
@@ -143,6 +147,13 @@ class Bridge:
             return
         if self.state is BridgeState.CLOSED or self._closing:
             raise Unavailable("the bridge is closed")
+        if self._tasks:
+            # FAILED while running: the appender and the health loop are
+            # still at work and return the bridge to ACTIVE when the log is
+            # back. Initialising again would start a second appender and
+            # reopen the log under every follower.
+            self.request_health_check()
+            raise Unavailable(f"the bridge is {self.state}: {self.reason}")
         if self._init_task is None or self._init_task.done():
             self._init_task = asyncio.create_task(self._initialize(), name="agentcast-init")
         await asyncio.shield(self._init_task)
@@ -215,7 +226,21 @@ class Bridge:
         return await future
 
     async def _append_loop(self) -> None:
-        """Group-append what is queued; on failure retry the same batch first."""
+        """Group-append what is queued; retry an outage, isolate a rejected event.
+
+        * A transient failure (:class:`LogUnavailable`, an OS error, an
+          append that exceeds ``append_timeout_s``) keeps the batch at the
+          head of the line and retries it with backoff: nothing is dropped,
+          order is kept, and ``emit()`` callers wait.
+        * A permanent failure (anything else: an integrity error, a
+          projector bug) rolled its append back. With several events in the
+          batch the appender then appends them one at a time, so only the
+          event at fault fails its ``emit()``; everyone else goes on.
+
+        Each attempt runs in a task of its own and is awaited through a
+        shield, so stopping the appender never abandons an append whose
+        commit may still land: :meth:`close` settles it.
+        """
         assert self._queue is not None
         queue = self._queue
         while True:
@@ -226,39 +251,68 @@ class Bridge:
                 # Sampled once per batch (not per emit): the events left behind it.
                 self.metrics.emit_buffer.set(queue.qsize())
                 self._inflight = batch
-            batch = self._inflight
+                self._isolating = False
+            take = self._inflight[:1] if self._isolating else list(self._inflight)
+            attempt = asyncio.ensure_future(self._append_once([p.draft for p in take]))
+            self._attempt = (take, attempt)
             try:
-                stored = await self.log.append([p.draft for p in batch])
+                stored = await asyncio.shield(attempt)
             except asyncio.CancelledError:
-                raise
-            except AgentcastError as exc:
-                if not isinstance(exc, LogUnavailable):
-                    # A permanent rejection (a bug, not an outage): fail loudly, move on.
-                    self._inflight = []
-                    for p in batch:
-                        if not p.future.done():
-                            p.future.set_exception(exc)
-                        queue.task_done()
-                    continue
-                self._inflight = _retried(batch)
-                await self._append_failed(exc)
-                continue
+                raise  # stopping: close() settles the attempt
             except Exception as exc:
-                self._inflight = _retried(batch)
-                await self._append_failed(exc)
+                self._attempt = None
+                if _transient(exc):
+                    self._inflight = _retried(self._inflight)
+                    await self._append_failed(exc)
+                elif len(take) > 1:
+                    self._isolating = True  # find the event at fault, one at a time
+                else:
+                    self._reject(take[0], exc)
                 continue
-            self._inflight = []
-            if "append" in self._faults:
-                self._clear_fault("append")
-            now = time.perf_counter()
-            self.metrics.append_batch_size.observe(len(batch))
-            self.metrics.append_latency.observe_many([now - p.queued_at for p in batch])
-            self.metrics.emit_buffer.set(queue.qsize())
-            self._count_emitted(batch)
-            for p, ev in zip(batch, stored, strict=True):
-                if not p.future.done():
-                    p.future.set_result(ev)
-                queue.task_done()
+            self._attempt = None
+            self._settle(take, stored)
+
+    async def _append_once(self, drafts: list[EventDraft]) -> list[StoredEvent]:
+        """One append attempt, with a deadline: a log that never answers is an outage."""
+        try:
+            async with asyncio.timeout(self.settings.append_timeout_s):
+                return await self.log.append(drafts)
+        except TimeoutError as exc:
+            raise LogUnavailable(
+                f"the append did not finish within {self.settings.append_timeout_s:g} s"
+            ) from exc
+
+    def _settle(self, take: list[_Pending], stored: list[StoredEvent]) -> None:
+        """Hand committed events to their ``emit()`` callers."""
+        assert self._queue is not None
+        del self._inflight[: len(take)]
+        if "append" in self._faults:
+            self._clear_fault("append")
+        now = time.perf_counter()
+        self.metrics.append_batch_size.observe(len(take))
+        self.metrics.append_latency.observe_many([now - p.queued_at for p in take])
+        self.metrics.emit_buffer.set(self._queue.qsize())
+        self._count_emitted(take)
+        for p, ev in zip(take, stored, strict=True):
+            if not p.future.done():
+                p.future.set_result(ev)
+            self._queue.task_done()
+
+    def _reject(self, pending: _Pending, exc: BaseException) -> None:
+        """Fail one event the log refused for good; the bridge goes on."""
+        assert self._queue is not None
+        del self._inflight[:1]
+        self.metrics.append_failures.inc()
+        draft = pending.draft
+        logger.error(
+            "the log refused event %s (%s of run %s): %s",
+            draft.event_id, draft.type, draft.run_id, exc, exc_info=exc,
+        )  # fmt: skip
+        if not pending.future.done():
+            pending.future.set_exception(
+                exc if isinstance(exc, AgentcastError) else AppendRejected(str(exc))
+            )
+        self._queue.task_done()
 
     def _count_emitted(self, batch: list[_Pending]) -> None:
         """``events_emitted`` by type: one locked increment per type per batch, not per event.
@@ -397,7 +451,11 @@ class Bridge:
     # Watched tasks ---------------------------------------------------------------
 
     def watch(self, task: asyncio.Task[Any], name: str) -> None:
-        """Make a task's death visible: it opens a fault (DEGRADED) instead of vanishing."""
+        """Make a task's death visible: an exception opens a fault (DEGRADED), loudly.
+
+        A task that returns or is cancelled is not a fault. The runner
+        watches every run task and every task that ends a queued run.
+        """
         task.add_done_callback(lambda t: self._task_died(name, t))
 
     def _start_task(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
@@ -413,6 +471,8 @@ class Bridge:
         if task.cancelled() or self._closing or self.state is BridgeState.CLOSED:
             return
         exc = task.exception()
+        if exc is None and not restart:
+            return  # a watched task that simply finished
         logger.error("background task %s died: %r", name, exc, exc_info=exc)
         self.metrics.task_failures.labels(task=name).inc()
         self._fault(f"task:{name}", f"background task {name} died: {exc!r}")
@@ -469,7 +529,10 @@ class Bridge:
         """Append what is buffered, stop background tasks, close the log; CLOSED.
 
         Events still buffered when ``drain_timeout`` expires (the log is down)
-        fail their ``emit()`` with :class:`Unavailable` — loudly, never silently.
+        fail their ``emit()`` with :class:`Unavailable` — loudly, never
+        silently. An append already in flight is waited for (it has its own
+        deadline, ``append_timeout_s``): if it commits, its callers get their
+        events, never a false failure.
         """
         if self.state is BridgeState.CLOSED:
             return
@@ -480,6 +543,12 @@ class Bridge:
                 async with asyncio.timeout(timeout):
                     await self._queue.join()  # every event appended (or failed loudly)
         await self._stop_tasks()
+        if self._attempt is not None:
+            take, attempt = self._attempt
+            self._attempt = None
+            await asyncio.wait({attempt})
+            if not attempt.cancelled() and attempt.exception() is None:
+                self._settle(take, attempt.result())
         leftovers = list(self._inflight)
         if self._queue is not None:
             while not self._queue.empty():
@@ -498,6 +567,11 @@ class Bridge:
         self.metrics.set_state(new)
         log = logger.warning if new in (BridgeState.DEGRADED, BridgeState.FAILED) else logger.info
         log("bridge %s -> %s (%s)", old, new, reason)
+
+
+def _transient(exc: BaseException) -> bool:
+    """An outage worth retrying, as opposed to a refusal of the event itself."""
+    return isinstance(exc, LogUnavailable | OSError | TimeoutError)
 
 
 def _retried(batch: list[_Pending]) -> list[_Pending]:

@@ -16,7 +16,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, NoReturn
 
 import httpx
 import typer
@@ -32,6 +32,9 @@ from .config import EngineSettings
 from .errors import DataDirLocked
 from .events import EventType, decode_event
 from .gateway.settings import GatewaySettings
+
+if TYPE_CHECKING:
+    from .db.sqlite import SqliteDatabase
 
 __all__ = ["app", "main"]
 
@@ -443,6 +446,57 @@ def _ws_url(base: str) -> str:
     if scheme in ("ws", "wss"):
         return base if rest.endswith("/v1/ws") else f"{base}/v1/ws"
     return f"{'wss' if scheme == 'https' else 'ws'}://{rest}/v1/ws"
+
+
+# --- db ------------------------------------------------------------------------------
+
+db_app = typer.Typer(
+    help="Maintain the data directory's SQLite database while no server runs on it.",
+    no_args_is_help=True,
+)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("rotate-epochs")
+def rotate_epochs(data_dir: DataDirOption = None) -> None:
+    """Give every stream a new epoch, so that clients resume with recovered: false.
+
+    A step of the restore procedure (docs/operations.md, "Backup and restore"):
+    a restored database lacks the events appended after its copy was taken, so
+    the positions clients hold could name other events. Run it after restoring
+    the files and before starting the server; it refuses while a server holds
+    the data directory.
+    """
+    from .db.sqlite import SqliteDatabase
+    from .errors import AgentcastError
+
+    settings = _settings(data_dir=data_dir)
+    db = SqliteDatabase(settings.data_dir)
+    if not db.path.is_file():
+        _fail(f"no database at {db.path}: nothing to rotate (check --data-dir)")
+    try:
+        rotated = asyncio.run(_rotate_epochs(db))
+    except DataDirLocked as exc:
+        holder = exc.message.split("; ")[0]  # without the advice to use another directory
+        _fail(
+            f"cannot rotate epochs while the data directory is in use: {holder}. "
+            "Stop the server first: rotate-epochs runs between restoring the files and "
+            "starting the server."
+        )
+    except AgentcastError as exc:
+        _fail(exc.message)
+    typer.echo(
+        f"{rotated} streams in {db.path} got a new epoch; clients will resume with recovered: false"
+    )
+
+
+async def _rotate_epochs(db: SqliteDatabase) -> int:
+    """Open ``db`` rotating every epoch (before anything else is written), close it cleanly."""
+    await db.open(rotate_epochs=True)
+    try:
+        return db.streams_rotated
+    finally:
+        await db.close()
 
 
 # --- bench ---------------------------------------------------------------------------

@@ -26,6 +26,14 @@ with that ``ref``; an ``error`` reply raises :class:`ClientError` with the
 wire code. A request in flight when the connection drops raises
 :class:`ClientError` ``disconnected`` (its outcome is unknown: retry ``start``
 with an ``idempotency_key`` to be safe).
+
+Nothing is skipped silently, and additions by a later server are tolerated
+(:func:`decode_server_frame`): an event with envelope fields this version does
+not know decodes normally, one of a type it does not know (or whose envelope
+does not decode) arrives as a :class:`GenericEvent` and moves the position
+like any other. A frame that cannot be read at all — not JSON, or an event
+without ``seq``/``thread_id`` — could hide an event, so it ends
+:meth:`AgentcastClient.events` with :class:`ClientError` ``bad_frame``.
 """
 
 from __future__ import annotations
@@ -38,15 +46,16 @@ import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 import msgspec
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from .events import Event
+from .events import Event, EventType
 from .protocol import (
     NO_RECONNECT_CLOSE_CODES,
+    SERVER_FRAME_TYPES,
     Cancel,
     CancelAccepted,
     Command,
@@ -65,7 +74,7 @@ from .protocol import (
     parse_server_frame,
 )
 
-__all__ = ["AgentcastClient", "ClientError", "Resync"]
+__all__ = ["AgentcastClient", "ClientError", "GenericEvent", "Resync", "decode_server_frame"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +93,8 @@ class ClientError(Exception):
     ``code`` is a wire error code (``not_found``, ``run_active`` …) or one of
     the client's own: ``disconnected`` (the request's connection dropped),
     ``unauthorized`` (refused credentials or close 4401), ``timeout`` (no
-    reply within ``request_timeout``), ``closed``.
+    reply within ``request_timeout``), ``closed``, ``bad_frame`` (the server
+    sent a frame that cannot be read, so an event may be hidden in it).
     """
 
     def __init__(self, code: str, message: str) -> None:
@@ -105,6 +115,120 @@ class Resync:
     thread_id: str
     epoch: str
     after_seq: int
+
+
+class GenericEvent(Event, frozen=True):
+    """An event this client cannot type, delivered rather than dropped.
+
+    A later server may add event types, and an envelope may not decode as
+    :class:`~agentcast.events.Event` (a field missing or of another type).
+    Either way the event still has its place in the thread: it is handed to
+    the caller, in seq order, and moves the resume position, so nothing is
+    skipped silently. Envelope fields it lacks are empty (``""``, ``0``,
+    ``None``); :attr:`envelope` holds the event exactly as it was received.
+    """
+
+    envelope: dict[str, Any] = msgspec.field(default_factory=dict)
+
+    def payload(self) -> Any:
+        """The raw ``data``: there is no typed payload for this event."""
+        return self.data
+
+
+_KNOWN_TYPES: Final = frozenset(t.value for t in EventType)
+_EVENT_FIELDS: Final = frozenset(Event.__struct_fields__)
+
+
+def _bad_frame(why: str) -> ClientError:
+    return ClientError("bad_frame", f"the server sent a frame that cannot be read: {why}")
+
+
+def decode_server_frame(data: str | bytes) -> ServerFrame | list[Event]:
+    """Decode one server frame into a control frame or the events it carries.
+
+    Well-formed frames take the strict fast path
+    (:func:`agentcast.protocol.parse_server_frame`); only a frame that fails it
+    is looked at field by field, so that additions are tolerated: unknown
+    envelope fields are ignored, and an event of an unknown type (or one whose
+    envelope does not decode) becomes a :class:`GenericEvent`.
+
+    Raises:
+        ClientError: ``bad_frame``: not JSON, neither an object nor an array, a
+            control frame that does not decode, or an event without an
+            integer ``seq``, a string ``thread_id`` and a string ``type``.
+    """
+    try:
+        frame = parse_server_frame(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return _decode_leniently(data)
+    if isinstance(frame, Event):
+        return [_typed(frame)]
+    if isinstance(frame, list):
+        return [_typed(event) for event in frame]
+    return frame
+
+
+def _typed(event: Event) -> Event:
+    if event.type in _KNOWN_TYPES:
+        return event
+    envelope = msgspec.structs.asdict(event)
+    return GenericEvent(**envelope, envelope=envelope)
+
+
+def _decode_leniently(data: str | bytes) -> ServerFrame | list[Event]:
+    try:
+        obj = msgspec.json.decode(data)
+    except msgspec.DecodeError as exc:
+        raise _bad_frame(f"not JSON ({exc})") from None
+    if isinstance(obj, list):
+        return [_lenient_event(item) for item in obj]
+    if not isinstance(obj, dict):
+        raise _bad_frame("neither an object nor an array")
+    kind = obj.get("type")
+    frame_type = SERVER_FRAME_TYPES.get(kind) if isinstance(kind, str) else None
+    if frame_type is not None and "seq" not in obj and "v" not in obj:
+        try:
+            frame: ServerFrame = msgspec.convert(obj, frame_type)  # type: ignore[assignment]
+        except msgspec.ValidationError as exc:
+            raise _bad_frame(f"{obj['type']}: {exc}") from None
+        return frame
+    return [_lenient_event(obj)]
+
+
+def _lenient_event(obj: Any) -> Event:
+    """An event from a decoded object: typed if possible, else generic; never dropped."""
+    if not isinstance(obj, dict):
+        raise _bad_frame("an event that is not an object")
+    seq, thread_id, kind = obj.get("seq"), obj.get("thread_id"), obj.get("type")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        raise _bad_frame("an event without an integer seq")
+    if not isinstance(thread_id, str) or not isinstance(kind, str):
+        raise _bad_frame(f"event {seq} without a thread_id or a type")
+    if kind in _KNOWN_TYPES:
+        known = {k: v for k, v in obj.items() if k in _EVENT_FIELDS}
+        try:
+            event: Event = msgspec.convert(known, Event)
+        except msgspec.ValidationError:
+            pass  # the envelope is not one this version can type: deliver it as is
+        else:
+            return event
+    run_id, parent, agent, ts, event_id, data = (
+        obj.get(k) for k in ("run_id", "parent_run_id", "agent", "ts", "event_id", "data")
+    )
+    version = obj.get("v")
+    return GenericEvent(
+        v=version if isinstance(version, int) else 0,
+        type=kind,
+        event_id=event_id if isinstance(event_id, str) else "",
+        thread_id=thread_id,
+        run_id=run_id if isinstance(run_id, str) else "",
+        parent_run_id=parent if isinstance(parent, str) else None,
+        seq=seq,
+        ts=float(ts) if isinstance(ts, int | float) and not isinstance(ts, bool) else 0.0,
+        agent=agent if isinstance(agent, str) else None,
+        data=data if isinstance(data, dict) else {},
+        envelope=obj,
+    )
 
 
 @dataclass(slots=True)
@@ -165,6 +289,8 @@ class AgentcastClient:
         self._items: asyncio.Queue[Event | Resync | _End] = asyncio.Queue(max_buffer)
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        #: Why the client stopped for good (``unauthorized``, ``bad_frame`` …), if it did.
+        self._stopped: ClientError | None = None
         self._rng = random.Random()
 
     # Public methods
@@ -251,8 +377,11 @@ class AgentcastClient:
     async def events(self) -> AsyncIterator[Event | Resync]:
         """Every event of every subscribed thread, once, in seq order per thread.
 
-        Ends after :meth:`close`; raises :class:`ClientError` when the client
-        gives up (``unauthorized``, or a drop with ``reconnect=False``).
+        Events this version cannot type are :class:`GenericEvent` items in
+        their place. Ends after :meth:`close`; raises :class:`ClientError` when
+        the client gives up (``unauthorized``, a drop with ``reconnect=False``,
+        or ``bad_frame``: a frame that cannot be read, which might have held
+        an event).
         """
         while True:
             item = await self._items.get()
@@ -290,8 +419,16 @@ class AgentcastClient:
         while True:
             self._ws = ws
             self._connected.set()
-            await self._read(ws)
+            bad = await self._read(ws)
             self._connected.clear()
+            if bad is not None:
+                # Going on would skip whatever the frame held: stop, loudly.
+                logger.error("agentcast: %s", bad.message)
+                self._fail_pending(bad)
+                self._end(bad)
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    await ws.close(code=1002, reason="bad frame")
+                return
             self._fail_pending(ClientError("disconnected", "the connection dropped"))
             code = ws.close_code
             if self._closing:
@@ -331,23 +468,22 @@ class AgentcastClient:
             with contextlib.suppress(websockets.ConnectionClosed):
                 await ws.send(encode_command(command))
 
-    async def _read(self, ws: ClientConnection) -> None:
+    async def _read(self, ws: ClientConnection) -> ClientError | None:
+        """Deliver frames until the connection ends; return the error of an unreadable frame."""
         try:
             async for data in ws:
                 try:
-                    frame = parse_server_frame(data)
-                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                    logger.warning("agentcast: ignoring a frame that is not valid: %s", exc)
-                    continue
+                    frame = decode_server_frame(data)
+                except ClientError as exc:
+                    return exc
                 if isinstance(frame, list):
                     for event in frame:
                         await self._deliver(event)
-                elif isinstance(frame, Event):
-                    await self._deliver(frame)
                 else:
                     await self._control(frame)
         except websockets.ConnectionClosed:
             pass  # the supervisor decides what a close means
+        return None
 
     async def _deliver(self, event: Event) -> None:
         pos = self._positions.get(event.thread_id)
@@ -378,6 +514,8 @@ class AgentcastClient:
     # Private methods: requests
 
     async def _request(self, command: Command, expected: type[_F]) -> _F:
+        if self._stopped is not None:  # the client gave up: no connection will come back
+            raise ClientError(self._stopped.code, self._stopped.message)
         if self._task is None or self._closing:
             raise ClientError("closed", "not connected: call connect() first")
         request_id = next(self._ids)
@@ -411,6 +549,8 @@ class AgentcastClient:
 
     def _end(self, error: ClientError | None) -> None:
         """End :meth:`events`; make room if the buffer is full (the end matters most)."""
+        if error is not None and self._stopped is None:
+            self._stopped = error
         if self._items.full():
             self._items.get_nowait()
         self._items.put_nowait(_End(error))

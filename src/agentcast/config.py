@@ -56,6 +56,8 @@ class EngineSettings:
     recovery_attempts: int = 6
     emit_buffer: int = 10_000
     append_batch: int = 512
+    #: An append that has not committed within this is an outage (retried).
+    append_timeout_s: float = 30.0
 
     # --- log
     tail_events_per_thread: int = 1024

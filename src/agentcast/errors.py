@@ -11,6 +11,7 @@
     ├── RateLimited                rate_limited
     ├── Unavailable                unavailable      (shutting down, bridge FAILED)
     │   └── LogUnavailable         the event log cannot be reached
+    ├── AppendRejected             internal         (this append can never succeed)
     ├── InternalError              internal
     ├── InvalidTransition          internal         (lifecycle misuse)
     └── DataDirLocked              internal         (a second writer)
@@ -27,6 +28,7 @@ __all__ = [
     "CLOSE_CODE_EXPLANATIONS",
     "ERROR_CODE_EXPLANATIONS",
     "AgentcastError",
+    "AppendRejected",
     "CloseCode",
     "DataDirLocked",
     "ErrorCode",
@@ -153,6 +155,17 @@ class Unavailable(AgentcastError):
 
 class LogUnavailable(Unavailable):
     """The event log could not be reached; the append did not happen."""
+
+
+class AppendRejected(AgentcastError):
+    """The log refused this append for good; nothing of it was stored.
+
+    Not a :class:`LogUnavailable`: the same events would fail the same way
+    (a constraint, a bad value, a projector bug), so retrying them would stall
+    every emit queued behind them. The bridge fails only this emit.
+    """
+
+    code = ErrorCode.INTERNAL
 
 
 class InternalError(AgentcastError):

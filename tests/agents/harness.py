@@ -2,7 +2,9 @@
 
 The fake ``emit`` validates each payload with :func:`agentcast.events.encode_payload`
 (so an invalid event fails the test) and records the decoded JSON, exactly what
-a client would see in ``data``. The fake ``delegate`` runs the sub-agent with a
+a client would see in ``data``. Like the real bridge, it commits an event as
+soon as it is submitted: a caller cancelled while it waits for the commit does
+not un-send it. The fake ``delegate`` runs the sub-agent with a
 child :class:`RunContext` and emits its lifecycle events the way the runner
 does, so nesting (``parent_run_id``) and ordering can be asserted.
 """
@@ -66,16 +68,20 @@ class Harness:
         self, run_id: str, agent: str, parent_run_id: str | None = None
     ) -> Callable[[str, Any], Any]:
         async def emit(event_type: str, data: Any) -> None:
+            # The bridge's semantics: validated, then submitted — and a
+            # submitted event is committed even if its caller is cancelled
+            # while it waits for the commit. So it is recorded first, and
+            # the wait (the commit's I/O) comes after.
             at = asyncio.get_running_loop().time()
             if event_type in self.fail_next:
                 raise self.fail_next.pop(event_type)
             raw = events.encode_payload(event_type, data)  # raises InvalidEvent
+            decoded = msgspec.json.decode(raw)
+            self.events.append(Recorded(run_id, parent_run_id, agent, event_type, decoded, at))
             if self.emit_delay:
                 await asyncio.sleep(self.emit_delay)
             else:
                 await asyncio.sleep(0)  # an emit is I/O: let others run
-            decoded = msgspec.json.decode(raw)
-            self.events.append(Recorded(run_id, parent_run_id, agent, event_type, decoded, at))
 
         return emit
 

@@ -23,7 +23,7 @@ from agentcast.agents import AgentSettings, ToolError, builtin_registry
 from agentcast.agents.builtin import spend_data
 from agentcast.agents.builtin.countdown import parse_countdown
 from agentcast.agents.builtin.data import generate
-from tests.utils import MS
+from tests.utils import MS, SCALE
 
 from .harness import Harness, assert_tools_paired
 
@@ -93,13 +93,13 @@ async def test_countdown_zero_and_default_delay() -> None:
 
 
 async def test_countdown_keeps_absolute_deadlines_even_with_slow_emits() -> None:
-    steps, delay_ms = 10, 25
+    steps, delay_ms = 10, round(25 * SCALE)  # emits (15 ms, scaled) must fit in a step
     h = make()
     h.emit_delay = 15 * MS  # a drifting loop would end up 10 x 15 ms late
     await h.run("countdown", f"{steps} {delay_ms}")
     thinking = h.of_type("agent_thinking")
     start = h.events[0].at + h.emit_delay  # the agent starts once agent_started is emitted
-    lateness = [e.at - (start + i * delay_ms * MS) for i, e in enumerate(thinking, 1)]
+    lateness = [e.at - (start + i * delay_ms / 1000) for i, e in enumerate(thinking, 1)]
     assert min(lateness) > -2 * MS  # never early (beyond the loop's clock resolution)
     # No drift: a loop sleeping DELAY_MS after each emit would be i x 15 ms late at
     # step i, a slope of 15 ms per step. A busy machine may add jitter or a constant
@@ -108,7 +108,7 @@ async def test_countdown_keeps_absolute_deadlines_even_with_slow_emits() -> None
     assert slope < 4 * MS
     assert max(lateness) < 40 * MS
     total = thinking[-1].at - start
-    assert steps * delay_ms * MS <= total + 2 * MS < (steps * delay_ms + 40) * MS
+    assert steps * delay_ms / 1000 <= total + 2 * MS < steps * delay_ms / 1000 + 40 * MS
 
 
 @pytest.mark.parametrize("message", ["", "abc", "5 x", "-1", "1 2 3", "5 -3", "100001"])

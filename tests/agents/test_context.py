@@ -27,11 +27,12 @@ from agentcast.agents import (
 from agentcast.agents.context import MAX_PENDING_CHARS
 from agentcast.errors import InternalError, InvalidEvent, InvalidTransition, NotFound
 from agentcast.events import REDACTED
-from tests.utils import MS
+from tests.utils import MS, SCALE
 
 from .harness import Harness
 
-WINDOW_MS = 30
+#: The coalescing window, scaled with the machine like every other time here.
+WINDOW_MS = 30 * SCALE
 
 
 def harness(**settings: Any) -> Harness:
@@ -113,13 +114,13 @@ async def test_says_within_a_window_become_one_text_delta() -> None:
         await ctx.say(token)
     assert h.events == []  # nothing sent yet: still inside the window
     assert ctx.text == "Hello, world"
-    await asyncio.sleep(WINDOW_MS * 3 * MS)
+    await asyncio.sleep(WINDOW_MS * 3 / 1000)
     assert [(e.type, e.data) for e in h.events] == [
         ("text_delta", {"message_id": "msg_run1", "delta": "Hello, world"}),
     ]
     # The first delta's timer fired once the window elapsed, not per token.
     await ctx.say("!")
-    await asyncio.sleep(WINDOW_MS * 3 * MS)
+    await asyncio.sleep(WINDOW_MS * 3 / 1000)
     assert [e.data["delta"] for e in h.events] == ["Hello, world", "!"]
     await ctx.aclose()
 
@@ -137,7 +138,7 @@ async def test_window_starts_at_the_first_pending_token() -> None:
     assert "".join(deltas) == "x" * 10
     assert 2 <= len(deltas) <= 3
     first = h.events[0]
-    assert WINDOW_MS * MS <= first.at - start < (WINDOW_MS + 20) * MS
+    assert WINDOW_MS / 1000 <= first.at - start < WINDOW_MS / 1000 + 20 * MS
 
 
 @pytest.mark.parametrize("what", ["think", "progress", "custom", "call_tool"])

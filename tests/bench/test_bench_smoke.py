@@ -4,6 +4,10 @@ No timing is asserted (CI machines vary); what must hold everywhere is that
 the run completes by itself and that no connection saw a gap, a duplicate, a
 reorder or an undelivered event. The benchmark runs as its own process, as
 users run it, so its servers and load generator are real processes too.
+
+Both bounds scale with ``AGENTCAST_TEST_TIME_SCALE``: the timeout marker through
+tests/conftest.py, the subprocess's through :func:`tests.utils.seconds`; the
+benchmark process inherits the variable.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.utils import seconds
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,7 +43,7 @@ def test_smoke_preset_runs_clean(tmp_path: Path) -> None:
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=220,
+        timeout=seconds(220),
         check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -3,6 +3,9 @@
 Everything here speaks only to servers it started itself, over loopback, with
 PROTOCOL.md frames written out by hand: the end-to-end tests check the wire,
 not the project's own client.
+
+Every deadline here is scaled by ``AGENTCAST_TEST_TIME_SCALE`` (tests/utils.py),
+and that variable is passed on to the child processes.
 """
 
 from __future__ import annotations
@@ -26,13 +29,26 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from agentcast.events import TERMINAL_TYPES
+from tests.utils import MS, seconds
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Every key of the event envelope (PROTOCOL.md, "Events"); no more, no fewer.
 ENVELOPE_KEYS = frozenset(
     {"v", "type", "event_id", "thread_id", "run_id", "parent_run_id", "seq", "ts", "agent", "data"}
 )
-START_TIMEOUT_S = 30.0
+#: Until a started server answers ``/healthz``.
+START_TIMEOUT_S = seconds(30.0)
+#: Until a server process exits once told to (or a one-shot CLI command finishes).
+EXIT_TIMEOUT_S = seconds(20.0)
+CLI_TIMEOUT_S = seconds(30.0)
+#: One HTTP request, one WebSocket handshake.
+REQUEST_TIMEOUT_S = seconds(10.0)
+#: Until the next WebSocket message.
+RECV_TIMEOUT_S = seconds(15.0)
+#: Until a whole run has reached its terminal event.
+RUN_TIMEOUT_S = seconds(30.0)
+#: The environment variable of the test time scale, kept for the child processes.
+SCALE_VAR = "AGENTCAST_TEST_TIME_SCALE"
 
 
 def free_port() -> int:
@@ -43,13 +59,17 @@ def free_port() -> int:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The test's environment without any ``AGENTCAST_*`` the developer may have set."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTCAST_")}
+    """The test's environment without any ``AGENTCAST_*`` the developer may have set.
+
+    The test time scale is the one ``AGENTCAST_*`` variable kept: it is the tests'
+    own, and a child with time bounds of its own scales them by it.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTCAST_") or k == SCALE_VAR}
     env.update(PYTHONUNBUFFERED="1", COLUMNS="200", NO_COLOR="1", **extra)
     return env
 
 
-def cli(*args: str, timeout: float = 30.0, **env: str) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, timeout: float = CLI_TIMEOUT_S, **env: str) -> subprocess.CompletedProcess[str]:
     """Run ``python -m agentcast ARGS`` to completion and capture its output."""
     return subprocess.run(
         [sys.executable, "-m", "agentcast", *args],
@@ -95,7 +115,7 @@ class Server:
         return httpx.Client(
             base_url=self.url,
             headers={"Authorization": f"Bearer {token or self.token}"},
-            timeout=10.0,
+            timeout=REQUEST_TIMEOUT_S,
         )
 
     def wait_healthy(self, timeout: float = START_TIMEOUT_S) -> None:
@@ -105,16 +125,16 @@ class Server:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
             with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
+                if httpx.get(f"{self.url}/healthz", timeout=seconds(1.0)).status_code == 200:
                     return
-            time.sleep(0.05)
+            time.sleep(50 * MS)
         raise AssertionError(f"server not healthy after {timeout}s:\n{self.log()}")
 
     def signal(self, sig: signal.Signals) -> None:
         """Send ``sig`` to the server process."""
         self.proc.send_signal(sig)
 
-    def wait(self, timeout: float = 20.0) -> int:
+    def wait(self, timeout: float = EXIT_TIMEOUT_S) -> int:
         """Wait for the process to exit and return its exit code."""
         return self.proc.wait(timeout=timeout)
 
@@ -160,7 +180,7 @@ class Servers:
             if server.proc.poll() is None:
                 server.proc.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
-                server.proc.wait(timeout=10)
+                server.proc.wait(timeout=EXIT_TIMEOUT_S)
 
 
 # --- a raw WebSocket client -----------------------------------------------------------
@@ -171,14 +191,15 @@ async def connect(server: Server, token: str | None = None) -> ClientConnection:
     ws = await websockets.connect(
         server.ws_url,
         additional_headers={"Authorization": f"Bearer {token or server.token}"},
-        open_timeout=10,
+        open_timeout=REQUEST_TIMEOUT_S,
+        close_timeout=REQUEST_TIMEOUT_S,
     )
-    hello = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    hello = json.loads(await asyncio.wait_for(ws.recv(), REQUEST_TIMEOUT_S))
     assert hello["type"] == "connection_established", hello
     return ws
 
 
-async def frames(ws: ClientConnection, timeout: float = 15.0) -> list[dict[str, Any]]:
+async def frames(ws: ClientConnection, timeout: float = RECV_TIMEOUT_S) -> list[dict[str, Any]]:
     """The next message, as a list of frames (a batch frame is a JSON array)."""
     data = json.loads(await asyncio.wait_for(ws.recv(), timeout))
     return data if isinstance(data, list) else [data]
@@ -197,14 +218,14 @@ async def request(ws: ClientConnection, frame: dict[str, Any], rid: str) -> dict
 
 
 async def events_until_terminal(
-    ws: ClientConnection, run_id: str, timeout: float = 30.0
+    ws: ClientConnection, run_id: str, timeout: float = RUN_TIMEOUT_S
 ) -> list[dict[str, Any]]:
     """Every event received until ``run_id``'s terminal event (included)."""
     received: list[dict[str, Any]] = []
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         left = deadline - asyncio.get_running_loop().time()
-        for item in await frames(ws, timeout=max(left, 0.01)):
+        for item in await frames(ws, timeout=max(left, MS)):
             assert "seq" in item, f"unexpected control frame: {item}"
             received.append(item)
             if item["run_id"] == run_id and item["type"] in TERMINAL_TYPES:
@@ -212,7 +233,7 @@ async def events_until_terminal(
 
 
 async def events_until(
-    ws: ClientConnection, count: int, timeout: float = 15.0
+    ws: ClientConnection, count: int, timeout: float = RECV_TIMEOUT_S
 ) -> list[dict[str, Any]]:
     """At least ``count`` events."""
     received: list[dict[str, Any]] = []
@@ -222,7 +243,7 @@ async def events_until(
 
 
 async def read_until_closed(
-    ws: ClientConnection, timeout: float = 15.0
+    ws: ClientConnection, timeout: float = RECV_TIMEOUT_S
 ) -> tuple[list[dict[str, Any]], ConnectionClosed]:
     """Every frame until the server closes the connection, and how it closed."""
     received: list[dict[str, Any]] = []

@@ -7,6 +7,7 @@ import signal
 import pytest
 
 from tests.e2e.harness import (
+    START_TIMEOUT_S,
     Server,
     Servers,
     cli,
@@ -16,15 +17,20 @@ from tests.e2e.harness import (
     read_until_closed,
     request,
 )
+from tests.utils import seconds
 
 pytestmark = pytest.mark.slow
+
+#: A countdown that never ends by itself while a test runs (100 000 steps of 50 ms):
+#: the tests end it with a signal, so nothing depends on how fast the machine is.
+ENDLESS_COUNTDOWN = "100000 50"
 
 
 async def test_sigkill_mid_run_then_restart_resumes_without_gap(servers: Servers) -> None:
     first = servers.start()
     ws = await connect(first)
     accepted = await request(
-        ws, {"type": "start_agent", "agent": "countdown", "message": "100 50"}, "start"
+        ws, {"type": "start_agent", "agent": "countdown", "message": ENDLESS_COUNTDOWN}, "start"
     )
     run_id, thread_id, epoch = accepted["run_id"], accepted["thread_id"], accepted["epoch"]
     seen = await events_until(ws, 4)
@@ -64,10 +70,10 @@ async def test_sigkill_mid_run_then_restart_resumes_without_gap(servers: Servers
 async def test_signal_delivers_terminal_events_then_closes_1001(
     servers: Servers, sig: signal.Signals
 ) -> None:
-    server = servers.start(None, "--shutdown-grace", "0.3")
+    server = servers.start(None, "--shutdown-grace", str(seconds(0.3)))
     ws = await connect(server)
     accepted = await request(
-        ws, {"type": "start_agent", "agent": "countdown", "message": "100 50"}, "start"
+        ws, {"type": "start_agent", "agent": "countdown", "message": ENDLESS_COUNTDOWN}, "start"
     )
     run_id = accepted["run_id"]
     received = await events_until(ws, 2)
@@ -87,7 +93,7 @@ async def test_signal_delivers_terminal_events_then_closes_1001(
 
 def test_second_serve_on_the_same_data_dir_refuses(shared_server: Server, servers: Servers) -> None:
     second = servers.start(shared_server.data_dir, wait=False)
-    code = second.wait(timeout=30)
+    code = second.wait(timeout=START_TIMEOUT_S)
     assert code != 0
     assert "locked" in second.log()
     assert str(shared_server.data_dir) in second.log()

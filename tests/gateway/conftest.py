@@ -1,4 +1,11 @@
-"""Fixtures for the gateway tests: an app on the memory backend, clients, a live server."""
+"""Fixtures for the gateway tests: an app, clients, a live server; both event logs.
+
+The app and the live WebSocket server use the memory log unless a test
+parametrizes ``log_backend`` (a fixture overridden by direct parametrization):
+``@BOTH_LOGS`` runs it on the memory and on the SQLite log. It marks the tests
+of delivery, resume, run lifecycle and cancel, where the two logs' different
+commit paths matter; the rest stay on the memory log to keep the suite quick.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ from agentcast.engine import Engine
 from agentcast.gateway.app import agentcast_lifespan, create_app
 from agentcast.gateway.context import Gateway
 from agentcast.gateway.settings import GatewaySettings
+from tests.gateway.ws_support import LiveServer, ServerFactory
 from tests.utils import wait_until
 
 #: Long enough for HS256 (PyJWT warns below 32 bytes).
@@ -28,16 +36,25 @@ SECRET = "test-secret-" + "0123456789abcdef" * 4
 AppFactory = Callable[..., Awaitable[Starlette]]
 ClientFactory = Callable[..., httpx.AsyncClient]
 
+#: Run a test on both event logs: ``@BOTH_LOGS`` above a test that uses the
+#: ``app`` (HTTP, SSE) or ``ws_server`` fixtures, or that takes ``log_backend``.
+BOTH_LOGS = pytest.mark.parametrize("log_backend", ["memory", "sqlite"])
+
+
+@pytest.fixture
+def log_backend() -> str:
+    """The event log of ``app`` and ``ws_server``: memory, unless a test parametrizes it."""
+    return "memory"
+
 
 def make_app(tmp_path: Path, **overrides: Any) -> Starlette:
-    """An app on the memory backend with a fast engine; not started."""
+    """An app with a fast engine (memory log unless ``log_backend`` says otherwise); not started."""
     engine_overrides = overrides.pop("engine_settings", {})
-    settings = GatewaySettings(
-        log_backend="memory", data_dir=tmp_path, jwt_secret=SECRET, **overrides
-    )
+    overrides.setdefault("log_backend", "memory")
+    settings = GatewaySettings(data_dir=tmp_path, jwt_secret=SECRET, **overrides)
     engine_settings = EngineSettings(
         data_dir=tmp_path,
-        log_backend="memory",
+        log_backend=settings.log_backend,
         health_interval_s=3600,
         text_coalesce_ms=5,
     ).with_(**engine_overrides)
@@ -70,9 +87,15 @@ async def app_factory(tmp_path: Path) -> AsyncIterator[AppFactory]:
 
 
 @pytest_asyncio.fixture
-async def app(app_factory: AppFactory) -> Starlette:
-    """One started app with default settings."""
-    return await app_factory()
+async def app(app_factory: AppFactory, log_backend: str) -> Starlette:
+    """One started app with default settings, on the test's event log."""
+    return await app_factory(log_backend=log_backend)
+
+
+@pytest_asyncio.fixture
+async def ws_server(make_ws_server: ServerFactory, log_backend: str) -> LiveServer:
+    """One live server with the default settings, on the test's event log."""
+    return await make_ws_server(log_backend=log_backend)
 
 
 @pytest.fixture

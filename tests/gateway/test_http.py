@@ -15,7 +15,15 @@ from agentcast.gateway.app import agentcast_lifespan
 from agentcast.gateway.context import Gateway
 from tests.utils import wait_until
 
-from .conftest import AppFactory, ClientFactory, gateway_of, make_app, start_run, wait_terminal
+from .conftest import (
+    BOTH_LOGS,
+    AppFactory,
+    ClientFactory,
+    gateway_of,
+    make_app,
+    start_run,
+    wait_terminal,
+)
 
 PROBLEM_KEYS = {"type", "title", "status", "detail", "code"}
 
@@ -34,6 +42,7 @@ def assert_problem(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
 # --- runs ---------------------------------------------------------------------------------
 
 
+@BOTH_LOGS
 async def test_start_run_and_status_final_with_terminal_event(alice: httpx.AsyncClient) -> None:
     accepted = await start_run(alice, agent="echo", message="hello")
     assert set(accepted) == {"run_id", "thread_id", "epoch", "after_seq"}
@@ -93,6 +102,7 @@ async def test_unknown_agent_is_404(alice: httpx.AsyncClient) -> None:
     assert body["detail"] == "unknown agent 'nope'"
 
 
+@BOTH_LOGS
 async def test_run_active_is_409_and_cancel(alice: httpx.AsyncClient) -> None:
     accepted = await start_run(alice, agent="countdown", message="100 20")
     r = await alice.post(
@@ -111,6 +121,7 @@ async def test_run_active_is_409_and_cancel(alice: httpx.AsyncClient) -> None:
     assert r.json() == {"run_id": accepted["run_id"], "status": "cancelled"}
 
 
+@BOTH_LOGS
 async def test_enqueue_and_idempotency(alice: httpx.AsyncClient) -> None:
     first = await start_run(alice, agent="countdown", message="3 5", idempotency_key="k1")
     again = await start_run(alice, agent="countdown", message="3 5", idempotency_key="k1")
@@ -187,6 +198,7 @@ async def test_events_query_validation(alice: httpx.AsyncClient, query: str) -> 
 # --- threads and events ------------------------------------------------------------------
 
 
+@BOTH_LOGS
 async def test_events_pagination_is_exact(alice: httpx.AsyncClient, gateway: Gateway) -> None:
     accepted = await start_run(alice, agent="countdown", message="5 0")
     tid = accepted["thread_id"]
@@ -214,6 +226,7 @@ async def test_events_pagination_is_exact(alice: httpx.AsyncClient, gateway: Gat
     assert r.headers["content-type"] == "application/json"
 
 
+@BOTH_LOGS
 async def test_events_after_trim_start_at_first_retained(
     alice: httpx.AsyncClient, gateway: Gateway
 ) -> None:

@@ -18,9 +18,9 @@ from starlette.applications import Starlette
 from agentcast.gateway import sse as sse_module
 from agentcast.gateway.context import Gateway
 from agentcast.gateway.sse import SSEConnection
-from tests.utils import wait_until
+from tests.utils import seconds, wait_until
 
-from .conftest import gateway_of, start_run, wait_terminal
+from .conftest import BOTH_LOGS, gateway_of, start_run, wait_terminal
 
 
 @dataclass
@@ -44,8 +44,8 @@ class Stream:
         self.response = response
         self._lines = response.aiter_lines()
 
-    async def next(self, timeout: float = 5.0) -> Message:
-        async with asyncio.timeout(timeout):
+    async def next(self, timeout: float | None = None) -> Message:
+        async with asyncio.timeout(seconds(5.0) if timeout is None else timeout):
             msg = Message()
             while True:
                 line = await anext(self._lines)
@@ -69,9 +69,9 @@ class Stream:
             if msg.id is not None and int(msg.id) >= seq:
                 return out
 
-    async def ended(self, timeout: float = 5.0) -> bool:
+    async def ended(self, timeout: float | None = None) -> bool:
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(seconds(5.0) if timeout is None else timeout):
                 async for _ in self._lines:
                     pass
         except TimeoutError:
@@ -87,7 +87,7 @@ def token(gateway: Gateway) -> str:
 @pytest.fixture
 async def http(live_url: str, token: str) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(
-        base_url=live_url, headers={"authorization": f"Bearer {token}"}, timeout=5
+        base_url=live_url, headers={"authorization": f"Bearer {token}"}, timeout=seconds(5)
     ) as client:
         yield client
 
@@ -112,6 +112,7 @@ async def finished_thread(client: httpx.AsyncClient, steps: int = 5) -> tuple[st
     return accepted["thread_id"], accepted["epoch"]
 
 
+@BOTH_LOGS
 async def test_subscribed_first_then_events_with_seq_ids(http: httpx.AsyncClient) -> None:
     tid, epoch = await finished_thread(http)
     async with sse(http, tid) as stream:
@@ -133,6 +134,7 @@ async def test_subscribed_first_then_events_with_seq_ids(http: httpx.AsyncClient
         assert envelope["thread_id"] == tid
 
 
+@BOTH_LOGS
 async def test_live_events_follow_catch_up(http: httpx.AsyncClient) -> None:
     tid, _ = await finished_thread(http, steps=1)
     async with sse(http, tid, after_seq=3) as stream:
@@ -144,6 +146,7 @@ async def test_live_events_follow_catch_up(http: httpx.AsyncClient) -> None:
     assert {m.json()["run_id"] for m in messages} == {accepted["run_id"]}
 
 
+@BOTH_LOGS
 async def test_resume_with_last_event_id_gives_exactly_the_rest(
     http: httpx.AsyncClient, gateway: Gateway
 ) -> None:
@@ -176,6 +179,7 @@ async def test_resume_at_head_then_live(http: httpx.AsyncClient) -> None:
         ("epoch_changed_after_trim", {"after_seq": 5, "epoch": "stale"}, 4, 3),
     ],
 )
+@BOTH_LOGS
 async def test_unrecoverable_positions_restart_from_first_retained(
     http: httpx.AsyncClient,
     gateway: Gateway,
@@ -222,11 +226,12 @@ async def test_client_disconnect_ends_the_follower(
     await wait_until(lambda: len(asyncio.all_tasks()) <= tasks_before, message="no leaked tasks")
 
 
+@BOTH_LOGS
 async def test_shutdown_drains_then_ends_the_stream(live_url: str, app: Starlette) -> None:
     gateway = gateway_of(app)
     token = gateway.auth.mint_token("alice")
     async with httpx.AsyncClient(
-        base_url=live_url, headers={"authorization": f"Bearer {token}"}, timeout=5
+        base_url=live_url, headers={"authorization": f"Bearer {token}"}, timeout=seconds(5)
     ) as client:
         accepted = await start_run(client, agent="countdown", message="1000 10")
         async with sse(client, accepted["thread_id"]) as stream:
@@ -245,14 +250,14 @@ async def test_stream_ends_when_the_token_expires(
 ) -> None:
     token = gateway.auth.mint_token("alice", ttl_s=60)
     async with httpx.AsyncClient(
-        base_url=live_url, headers={"authorization": f"Bearer {token}"}, timeout=5
+        base_url=live_url, headers={"authorization": f"Bearer {token}"}, timeout=seconds(5)
     ) as client:
         tid, _ = await finished_thread(client, steps=1)
         # The stream's clock runs 59.5 s ahead: the token expires half a second in.
         monkeypatch.setattr(sse_module, "time", SimpleNamespace(time=lambda: time.time() + 59.5))
         async with sse(client, tid) as stream:
             await stream.events_until(3)
-            assert await stream.ended(timeout=3)
+            assert await stream.ended(timeout=seconds(3))
 
 
 async def test_bad_last_event_id_and_unknown_thread(http: httpx.AsyncClient) -> None:
@@ -266,6 +271,7 @@ async def test_bad_last_event_id_and_unknown_thread(http: httpx.AsyncClient) -> 
     assert (r.status_code, r.json()["detail"]) == (404, "no such thread")
 
 
+@BOTH_LOGS
 async def test_history_trimmed_under_a_lagging_stream_resubscribes(
     http: httpx.AsyncClient, gateway: Gateway
 ) -> None:
@@ -288,7 +294,7 @@ async def test_history_trimmed_under_a_lagging_stream_resubscribes(
             if b"id: 7\n" in body:
                 disconnect.set()
 
-    await asyncio.wait_for(conn({"type": "http"}, receive, send), 5)
+    await asyncio.wait_for(conn({"type": "http"}, receive, send), seconds(5))
     text = body.decode()
     subscribed = [
         json.loads(line[6:]) for line in text.splitlines() if line.startswith('data: {"thread_id')

@@ -11,8 +11,10 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from agentcast.lifecycle import BridgeState
 from agentcast.store.base import RunStatus
-from tests.gateway.ws_support import LiveServer, ServerFactory, StalledClient
+from tests.gateway.conftest import BOTH_LOGS
+from tests.gateway.ws_support import AppendGate, LiveServer, ServerFactory, StalledClient
 from tests.gateway.wsutil import (
     events_of,
     frames_until,
@@ -22,7 +24,7 @@ from tests.gateway.wsutil import (
     request,
     send,
 )
-from tests.utils import wait_until
+from tests.utils import seconds, wait_until
 
 
 async def run_to_end(ws: ClientConnection, **start: Any) -> tuple[dict[str, Any], list[Any]]:
@@ -37,15 +39,26 @@ def seqs(frames: list[dict[str, Any]]) -> list[int]:
     return [f["seq"] for f in events_of(frames)]
 
 
-async def drain_until_closed(ws: ClientConnection, timeout: float = 5.0) -> list[Any]:
+async def drain_until_closed(ws: ClientConnection) -> list[Any]:
     """Read until the server closes the connection; return what came before."""
     frames = []
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(seconds(5)):
         try:
             while True:
                 frames.append(json.loads(await ws.recv()))
         except websockets.ConnectionClosed:
             return frames
+
+
+def following_live(server: LiveServer, thread_id: str) -> int:
+    """How many connections follow ``thread_id`` live (caught up with the log)."""
+    return sum(
+        1
+        for c in server.ws_connections()
+        if (sub := c._subs.get(thread_id)) is not None
+        and sub.task is not None
+        and not sub.catching_up
+    )
 
 
 async def quiet(ws: ClientConnection) -> list[Any]:
@@ -97,13 +110,14 @@ async def test_expired_token_closes_4401(ws_server: LiveServer) -> None:
     ws = await ws_server.connect_raw(token=ws_server.token("alice", ttl_s=1))
     await recv(ws)
     with pytest.raises(websockets.ConnectionClosed):
-        await asyncio.wait_for(ws.recv(), 3.0)
+        await asyncio.wait_for(ws.recv(), seconds(3))
     assert ws.close_code == 4401
 
 
 # --- runs and delivery ---------------------------------------------------------------------
 
 
+@BOTH_LOGS
 async def test_echo_run_accepted_before_every_event(ws_server: LiveServer) -> None:
     ws = await ws_server.connect()
     await send(ws, type="start_agent", id=1, agent="echo", message="hello")
@@ -123,6 +137,7 @@ async def test_echo_run_accepted_before_every_event(ws_server: LiveServer) -> No
     assert await quiet(ws) == []
 
 
+@BOTH_LOGS
 async def test_second_run_in_thread_keeps_one_subscription(ws_server: LiveServer) -> None:
     ws = await ws_server.connect()
     first, _ = await run_to_end(ws, agent="echo", message="a")
@@ -144,6 +159,7 @@ async def test_user_message_uses_last_agent_else_default(ws_server: LiveServer) 
     assert {f["agent"] for f in frames} == {"echo"}  # the default agent of these tests
 
 
+@BOTH_LOGS
 async def test_two_connections_of_one_user_both_get_every_event(ws_server: LiveServer) -> None:
     a = await ws_server.connect()
     b = await ws_server.connect()
@@ -163,7 +179,7 @@ async def test_batch_frames_are_arrays_of_events(ws_server: LiveServer) -> None:
     accepted = await request(ws, type="start_agent", agent="countdown", message="300 0")
     raw_frames = []
     flat: list[dict[str, Any]] = []
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(seconds(10)):
         while not flat or flat[-1]["type"] != "agent_completed":
             frame = await recv(ws)
             raw_frames.append(frame)
@@ -179,6 +195,7 @@ async def test_batch_frames_are_arrays_of_events(ws_server: LiveServer) -> None:
     assert pong == {"type": "pong", "ref": pong["ref"]}  # control frames stay objects
 
 
+@BOTH_LOGS
 async def test_closing_the_socket_does_not_stop_the_run(ws_server: LiveServer) -> None:
     ws = await ws_server.connect()
     accepted = await request(ws, type="start_agent", agent="countdown", message="5 20")
@@ -197,6 +214,7 @@ async def test_closing_the_socket_does_not_stop_the_run(ws_server: LiveServer) -
     assert frames[-1]["type"] == "agent_completed"
 
 
+@BOTH_LOGS
 @pytest.mark.parametrize("by", ["run_id", "thread_id"])
 @pytest.mark.parametrize("frame_type", ["cancel", "stop_agent"])
 async def test_cancel_stops_countdown_within_a_second(
@@ -211,12 +229,121 @@ async def test_cancel_stops_countdown_within_a_second(
     assert reply["type"] == "cancel_accepted"
     assert reply["run_id"] == accepted["run_id"]
     assert reply["status"] == "running"
-    frames = await frames_until(ws, is_terminal_of(accepted["run_id"]), timeout=1.0)
-    assert loop.time() - t0 < 1.0
+    frames = await frames_until(ws, is_terminal_of(accepted["run_id"]), timeout=seconds(1))
+    assert loop.time() - t0 < seconds(1)
     assert frames[-1]["type"] == "agent_cancelled"
     again = await request(ws, type="cancel", run_id=accepted["run_id"])
     assert again["status"] == "cancelled"  # already ended: no second terminal event
     assert events_of(await quiet(ws)) == []
+
+
+async def queued_or_running(
+    server: LiveServer, owner: ClientConnection, state: str
+) -> dict[str, Any]:
+    """A countdown run of alice in its own thread, ``running`` or ``queued``.
+
+    The server allows alice one running run (``max_runs_per_user=1``): a
+    second run queues behind the first.
+    """
+    first = await request(owner, type="start_agent", agent="countdown", message="1000 10")
+    await frames_until(owner, lambda f: f.get("type") == "agent_thinking")
+    if state == "running":
+        return first
+    queued = await request(owner, type="start_agent", agent="countdown", message="1000 10")
+    run = await server.gateway.engine.store.get_run("alice", queued["run_id"])
+    assert run.status is RunStatus.QUEUED
+    return queued
+
+
+@BOTH_LOGS
+@pytest.mark.parametrize("state", ["running", "queued"])
+@pytest.mark.parametrize("subscribed", [False, True], ids=["unsubscribed", "subscribed"])
+async def test_cancel_accepted_then_the_terminal_event(
+    make_ws_server: ServerFactory, log_backend: str, state: str, subscribed: bool
+) -> None:
+    """The canceller gets ``cancel_accepted`` and then the run's terminal event, once."""
+    server = await make_ws_server(log_backend=log_backend, engine_settings={"max_runs_per_user": 1})
+    owner = await server.connect()
+    target = await queued_or_running(server, owner, state)
+    canceller = await server.connect()
+    if subscribed:
+        sub = await request(canceller, type="subscribe", thread_id=target["thread_id"])
+        assert (sub["after_seq"], sub["recovered"]) == (0, True)
+    await send(canceller, type="cancel", run_id=target["run_id"], id="c")
+    frames = await frames_until(canceller, is_terminal_of(target["run_id"]))
+    replies = [f for f in frames if "seq" not in f]
+    assert replies == [
+        {"type": "cancel_accepted", "run_id": target["run_id"], "status": state, "ref": "c"}
+    ]
+    events = events_of(frames)
+    assert events[-1]["type"] == "agent_cancelled"
+    assert events[-1]["data"]["reason"] == "cancelled by user"
+    if not subscribed:
+        # Only the run's terminal event: nothing else of a thread it does not follow.
+        assert frames == [replies[0], events[-1]]
+    else:
+        # Every event of the thread once, in order; the reply before the terminal event.
+        assert frames.index(replies[0]) < len(frames) - 1
+        assert seqs(events) == list(range(1, events[-1]["seq"] + 1))
+        if state == "queued":
+            assert [e["type"] for e in events] == ["agent_started", "agent_cancelled"]
+    assert await quiet(canceller) == []  # no second terminal event, no stray frame
+
+
+@BOTH_LOGS
+async def test_cancel_forward_hands_over_to_a_later_subscription(
+    make_ws_server: ServerFactory, log_backend: str
+) -> None:
+    """Subscribing before the cancelled run's terminal event is committed: it arrives once."""
+    server = await make_ws_server(log_backend=log_backend)
+    owner = await server.connect()
+    accepted = await request(owner, type="start_agent", agent="countdown", message="1000 10")
+    await frames_until(owner, lambda f: f.get("type") == "agent_thinking")
+    gate = AppendGate(server.gateway.engine.log, frozenset({"agent_cancelled"}))
+    canceller = await server.connect()
+    reply = await request(canceller, type="cancel", run_id=accepted["run_id"])
+    assert (reply["type"], reply["status"]) == ("cancel_accepted", "running")
+    await asyncio.wait_for(gate.held.wait(), seconds(5))
+    # The terminal event is held back: subscribe from the start meanwhile.
+    await send(canceller, type="subscribe", thread_id=accepted["thread_id"], id="s")
+    assert await recv(canceller) == {
+        "type": "subscribed",
+        "thread_id": accepted["thread_id"],
+        "epoch": accepted["epoch"],
+        "after_seq": 0,
+        "recovered": True,
+        "ref": "s",
+    }
+    gate.release()
+    frames = await frames_until(canceller, is_terminal_of(accepted["run_id"]))
+    events = events_of(frames)
+    assert events == frames
+    assert seqs(events) == list(range(1, events[-1]["seq"] + 1))
+    assert events[-1]["type"] == "agent_cancelled"
+    assert await quiet(canceller) == []  # the forward did not send it a second time
+
+
+async def test_cancel_forward_ends_with_its_connection(ws_server: LiveServer) -> None:
+    """A forward still waiting for its terminal event stops when its connection closes."""
+    owner = await ws_server.connect()
+    accepted = await request(owner, type="start_agent", agent="countdown", message="1000 10")
+    await frames_until(owner, lambda f: f.get("type") == "agent_thinking")
+    gate = AppendGate(ws_server.gateway.engine.log, frozenset({"agent_cancelled"}))
+    canceller = await ws_server.connect_raw()
+    connection_id = (await recv(canceller))["connection_id"]
+    await request(canceller, type="cancel", run_id=accepted["run_id"])
+    await asyncio.wait_for(gate.held.wait(), seconds(5))
+    (conn,) = [c for c in ws_server.ws_connections() if c.connection_id == connection_id]
+    (forward,) = conn._forwards.values()
+    task = forward.task
+    assert task is not None
+    assert not task.done()
+    await canceller.close()
+    await wait_until(task.done, message="the forward stopped with its connection")
+    assert not conn._forwards
+    gate.release()
+    frames = await frames_until(owner, is_terminal_of(accepted["run_id"]))
+    assert frames[-1]["type"] == "agent_cancelled"
 
 
 # --- isolation (invariant 4) ---------------------------------------------------------------
@@ -256,6 +383,7 @@ async def test_unknown_agent_is_not_found(ws_server: LiveServer) -> None:
 # --- subscriptions and resume --------------------------------------------------------------
 
 
+@BOTH_LOGS
 async def test_subscribe_twice_replaces_without_duplicates(ws_server: LiveServer) -> None:
     ws = await ws_server.connect()
     accepted = await request(ws, type="start_agent", agent="countdown", message="40 5")
@@ -273,7 +401,7 @@ async def test_unsubscribe_stops_delivery(ws_server: LiveServer) -> None:
     await frames_until(ws, lambda f: f.get("seq") == 2)
     reply = await request(ws, type="unsubscribe", thread_id=accepted["thread_id"])
     assert reply["type"] == "unsubscribed"
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(seconds(0.1))  # room for a stray event: none may come
     assert events_of(await quiet(ws)) == []
     # Unsubscribing from anything (even a made-up thread) answers the same.
     assert (await request(ws, type="unsubscribe", thread_id="th_x"))["type"] == "unsubscribed"
@@ -302,6 +430,7 @@ RESUME_CASES = [
 ]
 
 
+@BOTH_LOGS
 @pytest.mark.parametrize("case", RESUME_CASES, ids=[c.name for c in RESUME_CASES])
 async def test_resume(ws_server: LiveServer, case: Resume) -> None:
     first = await ws_server.connect()
@@ -395,9 +524,8 @@ async def test_flood_is_rate_limited(make_ws_server: ServerFactory) -> None:
     assert [r["type"] for r in replies] == ["pong"] * 5
     limited = await recv_control(ws)
     assert (limited["type"], limited["code"], limited["ref"]) == ("error", "rate_limited", 5)
-    await asyncio.sleep(0.5)
-    # The bucket refills: the connection is still usable.
-    await asyncio.sleep(0.3)
+    # The bucket refills (time is what refills it): the connection is still usable.
+    await asyncio.sleep(seconds(0.8))
     pong = await request(ws, type="ping", id="after")
     assert pong["type"] == "pong"
 
@@ -413,7 +541,10 @@ async def test_slow_consumer_closed_4008_others_unaffected(
         first = await request(good, type="start_agent", agent="echo", message="x")
         await frames_until(good, is_terminal_of(first["run_id"]))
         await stalled.send(type="subscribe", thread_id=first["thread_id"], after_seq=3, id=1)
-        await asyncio.sleep(0.1)
+        await wait_until(
+            lambda: following_live(server, first["thread_id"]) == 2,
+            message="the stalled client follows the thread live",
+        )
         accepted = await request(
             good,
             type="start_agent",
@@ -421,7 +552,7 @@ async def test_slow_consumer_closed_4008_others_unaffected(
             message="1500 4000",
             thread_id=first["thread_id"],
         )
-        frames = await frames_until(good, is_terminal_of(accepted["run_id"]), timeout=30)
+        frames = await frames_until(good, is_terminal_of(accepted["run_id"]), timeout=seconds(30))
         assert seqs(frames) == list(range(4, 4 + 1502))
         await wait_until(
             lambda: any(c.close_code == 4008 for c in server.ws_connections()),
@@ -444,10 +575,11 @@ async def test_slow_consumer_closed_4008_others_unaffected(
 # --- shutdown (invariant 9) ----------------------------------------------------------------
 
 
+@BOTH_LOGS
 async def test_shutdown_drains_terminal_events_then_closes_1001(
-    make_ws_server: ServerFactory,
+    make_ws_server: ServerFactory, log_backend: str
 ) -> None:
-    server = await make_ws_server()
+    server = await make_ws_server(log_backend=log_backend)
     ws = await server.connect()
     accepted = await request(ws, type="start_agent", agent="countdown", message="1000 10")
     await frames_until(ws, lambda f: f.get("type") == "agent_thinking")
@@ -455,8 +587,61 @@ async def test_shutdown_drains_terminal_events_then_closes_1001(
     frames = await frames_until(ws, is_terminal_of(accepted["run_id"]))
     assert frames[-1]["type"] == "agent_cancelled"
     with pytest.raises(websockets.ConnectionClosed):
-        await asyncio.wait_for(ws.recv(), 5)
+        await asyncio.wait_for(ws.recv(), seconds(5))
     assert ws.close_code == 1001
+
+
+class BrokenConnection:
+    """A connection whose drain and close hang forever (a stuck peer) or raise."""
+
+    def __init__(self, *, hang: bool) -> None:
+        self.user_id = "alice"
+        self.connection_id = "ws_hangs" if hang else "ws_raises"
+        self.hang = hang
+        self.closes: list[int] = []
+
+    async def drain(self, timeout: float) -> None:
+        await self._fail()
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closes.append(code)
+        await self._fail()
+
+    async def _fail(self) -> None:
+        if self.hang:
+            await asyncio.Event().wait()  # ignores its timeout: only a deadline ends it
+        raise RuntimeError("broken connection (test)")
+
+
+async def test_shutdown_is_bounded_when_connections_hang_or_fail(
+    make_ws_server: ServerFactory,
+) -> None:
+    drain_s, close_s = seconds(0.3), seconds(0.3)
+    server = await make_ws_server(shutdown_drain_s=drain_s, shutdown_close_s=close_s)
+    good = [await server.connect(), await server.connect()]
+    accepted = await request(good[0], type="start_agent", agent="countdown", message="1000 10")
+    await request(good[1], type="subscribe", thread_id=accepted["thread_id"])
+    await frames_until(good[0], lambda f: f.get("type") == "agent_thinking")
+    broken = [BrokenConnection(hang=True), BrokenConnection(hang=False)]
+    gateway = server.gateway
+    gateway.connections.update(broken)
+    # Grace 0: the run is cancelled at once; the connections phase is the one under test.
+    bound = drain_s + close_s + seconds(1.0)
+    assert gateway.shutdown_budget(0) >= bound - seconds(1.0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.wait_for(gateway.shutdown(grace_s=0), 2 * bound)
+    elapsed = loop.time() - started
+    assert elapsed <= bound, f"shutdown took {elapsed:.2f}s, bound {bound:.2f}s"
+    for ws in good:
+        frames = await frames_until(ws, is_terminal_of(accepted["run_id"]))
+        assert frames[-1]["type"] == "agent_cancelled"
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), seconds(5))
+        assert ws.close_code == 1001
+    assert [b.closes for b in broken] == [[1001], [1001]]  # closed even after a failed drain
+    assert not gateway.started
+    assert gateway.engine.bridge.state is BridgeState.CLOSED
 
 
 async def test_history_trimmed_under_a_lagging_subscription_is_announced(
@@ -471,10 +656,14 @@ async def test_history_trimmed_under_a_lagging_subscription_is_announced(
     stalled = await StalledClient.connect(server)
     try:
         await stalled.send(type="subscribe", thread_id=accepted["thread_id"], id="s")
-        await asyncio.sleep(0.3)  # catch-up stalls: the client reads nothing
+        # Catch-up stalls: the client reads nothing, so the send queue fills up.
+        await wait_until(
+            lambda: any(c._outbox.total_bytes >= 1024 for c in server.ws_connections()),
+            message="the stalled client's send queue full",
+        )
         await server.gateway.engine.log.trim(accepted["thread_id"], 2500)
         frames: list[Any] = []
-        async with asyncio.timeout(20):
+        async with asyncio.timeout(seconds(20)):
             while not frames or frames[-1].get("seq") != 3002:
                 got, _ = await stalled.read_some()
                 frames.extend(got)

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import json
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,11 +30,12 @@ from agentcast.gateway.app import create_app
 from agentcast.gateway.context import Gateway
 from agentcast.gateway.settings import GatewaySettings
 from agentcast.gateway.ws import WsConnection
-from tests.utils import wait_until
+from agentcast.log.base import EventDraft, StoredEvent
+from tests.utils import seconds, wait_until
 
 #: Long enough for HS256 (PyJWT warns below 32 bytes).
 SECRET = "test-secret-" + "0123456789abcdef" * 4
-RECV_TIMEOUT = 5.0
+RECV_TIMEOUT = seconds(5.0)
 
 
 @dataclass
@@ -84,6 +85,33 @@ class LiveServer:
         )
         self.clients.append(ws)
         return ws
+
+
+class AppendGate:
+    """Holds back every append of an event of ``types`` until :meth:`release`.
+
+    Wraps the engine's log: while held, the event (and everything appended
+    after it) is not committed, so no reader anywhere can see it yet. Tests
+    act while it is held, then release it, instead of racing the commit.
+    """
+
+    def __init__(self, log: Any, types: frozenset[str]) -> None:
+        self.held = asyncio.Event()  # an append of one of ``types`` is waiting
+        self._open = asyncio.Event()
+        inner = log.append
+
+        async def append(drafts: Sequence[EventDraft]) -> list[StoredEvent]:
+            if not self._open.is_set() and any(d.type in types for d in drafts):
+                self.held.set()
+                await self._open.wait()
+            result: list[StoredEvent] = await inner(drafts)
+            return result
+
+        log.append = append
+
+    def release(self) -> None:
+        """Let the held append (and every later one) through."""
+        self._open.set()
 
 
 async def blob(ctx: RunContext) -> str:
@@ -143,10 +171,10 @@ async def stop_server(live: LiveServer) -> None:
     """Close the clients, drain and close the gateway (invariant 9's order), stop uvicorn."""
     for ws in live.clients:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(ws.close(), 1.0)
+            await asyncio.wait_for(ws.close(), seconds(1.0))
     await live.gateway.shutdown(grace_s=0)
     live.server.should_exit = True
-    await asyncio.wait_for(live.task, 15)
+    await asyncio.wait_for(live.task, seconds(15))
 
 
 ServerFactory = Callable[..., Awaitable[LiveServer]]
@@ -203,11 +231,11 @@ class StalledClient:
         self.protocol.send_text(json.dumps(frame).encode())
         await self._flush()
 
-    async def read_all(self, timeout: float = 10.0) -> tuple[list[Any], int | None]:
+    async def read_all(self, timeout: float | None = None) -> tuple[list[Any], int | None]:
         """Resume reading: every frame until the server closes; and its close code."""
         loop = asyncio.get_running_loop()
         frames: list[Any] = []
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(seconds(10.0) if timeout is None else timeout):
             while True:
                 data = await loop.sock_recv(self.sock, 65536)
                 if data:

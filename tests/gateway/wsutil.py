@@ -9,8 +9,9 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection
 
 from agentcast.events import TERMINAL_TYPES
+from tests.utils import seconds
 
-RECV_TIMEOUT = 5.0
+RECV_TIMEOUT = seconds(5.0)
 
 
 async def send(ws: ClientConnection, **frame: Any) -> None:
@@ -41,11 +42,11 @@ async def request(ws: ClientConnection, **frame: Any) -> dict[str, Any]:
 
 
 async def frames_until(
-    ws: ClientConnection, done: Any, timeout: float = 10.0
+    ws: ClientConnection, done: Any, timeout: float | None = None
 ) -> list[dict[str, Any]]:
     """Every frame (batches flattened) up to and including the first where ``done(frame)``."""
     out: list[dict[str, Any]] = []
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(seconds(10.0) if timeout is None else timeout):
         while True:
             frame = json.loads(await ws.recv())
             items = frame if isinstance(frame, list) else [frame]

@@ -251,6 +251,27 @@ describe("exactly once across reconnects", () => {
     assert.deepEqual(byThread, { t1: [1, 2], t2: [1] });
   });
 
+  test("a cancelled run's terminal event in an unfollowed thread leaves its position alone", async () => {
+    const { client, socket, seen } = await connected();
+    const cancelled = client.cancel({ runId: "r7" });
+    socket.reply("cancel", { type: "cancel_accepted", run_id: "r7", status: "running" });
+    assert.deepEqual(await cancelled, {
+      type: "cancel_accepted",
+      run_id: "r7",
+      status: "running",
+      ref: socket.lastSent("cancel").id,
+    });
+    socket.deliver(event(7, { thread_id: "t2", run_id: "r7", type: "agent_cancelled" }));
+    assert.deepEqual(seqs(seen.events), [7]);
+    // Subscribing later still gets everything before it, and not it a second time.
+    client.subscribe("t2");
+    assert.equal(socket.lastSent("subscribe").after_seq, 0);
+    socket.reply("subscribe", { type: "subscribed", thread_id: "t2", epoch: "E", after_seq: 0, recovered: true });
+    socket.deliver([1, 2, 3, 4, 5, 6, 7, 8].map((seq) => event(seq, { thread_id: "t2" })));
+    assert.deepEqual(seqs(seen.events), [7, 1, 2, 3, 4, 5, 6, 8]);
+    assert.deepEqual(client.position("t2"), { epoch: "E", seq: 8 });
+  });
+
   test("typed listeners get only their type", async () => {
     const { client, socket } = await connected();
     const tools = [];
@@ -275,6 +296,60 @@ describe("exactly once across reconnects", () => {
     assert.deepEqual(seqs(seen.events), [1, 2]);
     assert.equal(reported.length, 2);
   });
+});
+
+describe("additions by a later server, and no silent skip", () => {
+  test("unknown fields and unknown types are delivered in order and move the position", async () => {
+    const { client, socket, seen } = await connected();
+    const thinking = [];
+    client.on("agent_thinking", (e) => thinking.push(e.seq));
+    client.subscribe("t1");
+    socket.reply("subscribe", { type: "subscribed", thread_id: "t1", epoch: "E", after_seq: 0, recovered: true });
+    const { event_id: _, ...withoutId } = event(4);
+    socket.deliver(event(1));
+    socket.deliver(event(2, { added_by_a_later_server: { x: 1 } }));
+    // A type this version does not know, named like one of the client's own listeners.
+    socket.deliver(event(3, { type: "error", data: { mood: "calm" } }));
+    socket.deliver([withoutId, event(5, { type: "agent_reflecting" })]);
+    socket.deliver(event(6));
+    assert.deepEqual(seqs(seen.events), [1, 2, 3, 4, 5, 6]);
+    assert.deepEqual(
+      seen.events.map((e) => e.type),
+      ["agent_thinking", "agent_thinking", "error", "agent_thinking", "agent_reflecting", "agent_thinking"],
+    );
+    assert.deepEqual(seen.events[1].added_by_a_later_server, { x: 1 }); // passed on as sent
+    assert.deepEqual(seen.errors, []); // the event typed "error" is not a client error
+    assert.deepEqual(thinking, [1, 2, 4, 6]);
+    assert.deepEqual(client.position("t1"), { epoch: "E", seq: 6 });
+    assert.equal(client.state, ConnectionState.OPEN);
+  });
+
+  for (const [name, raw] of [
+    ["not JSON", "{not json"],
+    ["an event without seq", JSON.stringify({ v: 1, type: "agent_thinking", thread_id: "t1" })],
+    ["an event without thread_id", JSON.stringify({ ...event(2), thread_id: undefined })],
+    ["an unknown control frame", JSON.stringify({ type: "mystery" })],
+    ["a batch with a bad item", JSON.stringify([event(2), 7])],
+  ]) {
+    test(`${name} ends the client with bad_frame instead of skipping it`, async () => {
+      const { client, socket, seen } = await connected();
+      client.subscribe("t1");
+      socket.reply("subscribe", { type: "subscribed", thread_id: "t1", epoch: "E", after_seq: 0, recovered: true });
+      socket.deliver(event(1));
+      const pending = client.ping();
+      socket.onmessage?.({ data: raw });
+      socket.deliver(event(3)); // never delivered as if nothing was missing
+      assert.deepEqual(seqs(seen.events), [1]);
+      assert.deepEqual(
+        seen.errors.map((e) => e.code),
+        ["bad_frame"],
+      );
+      await assert.rejects(pending, { code: "bad_frame" });
+      assert.equal(client.state, ConnectionState.CLOSED);
+      assert.deepEqual(socket.closed, { code: 1000, reason: "" });
+      assert.equal(FakeSocket.instances.length, 1); // no reconnect past the gap
+    });
+  }
 });
 
 describe("resume across page reloads", () => {

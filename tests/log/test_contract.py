@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from agentcast.db.sqlite import SqliteDatabase
-from agentcast.errors import LogUnavailable
+from agentcast.errors import AppendRejected, LogUnavailable
 from agentcast.events import Event, decode_event, encode_payload
 from agentcast.log import (
     EventDraft,
@@ -287,8 +287,11 @@ async def test_a_failing_projector_stores_nothing_and_consumes_no_seq(backend: B
 
     log = await backend.make(on_batch=project)
     await log.append([draft()])
-    with pytest.raises(ValueError, match="projection failed"):
+    # Permanent for this call (a retry would fail the same way), not LogUnavailable.
+    with pytest.raises(AppendRejected, match="projection failed") as raised:
         await log.append([draft(run_id="run_bad"), draft()])
+    assert not isinstance(raised.value, LogUnavailable)
+    assert isinstance(raised.value.__cause__, ValueError)
     assert (await log.info("th_1")).last_seq == 1
     good = draft()
     assert seqs(await log.append([good])) == [2]
@@ -305,7 +308,8 @@ async def test_one_failing_append_does_not_fail_concurrent_ones(backend: Backend
     results = await asyncio.gather(
         log.append(ok1), log.append(bad), log.append(ok2), return_exceptions=True
     )
-    assert isinstance(results[1], ValueError)
+    assert isinstance(results[1], AppendRejected)
+    assert isinstance(results[1].__cause__, ValueError)
     assert [e.event_id for e in await log.read("th_1")] == [d.event_id for d in ok1 + ok2]
     assert seqs(await log.read("th_1")) == [1, 2, 3]
 

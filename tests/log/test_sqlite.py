@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from agentcast.db.sqlite import SqliteDatabase
-from agentcast.errors import LogUnavailable
+from agentcast.db.sqlite import SqliteDatabase, WriteOutcomeUnknown
+from agentcast.errors import AppendRejected, LogUnavailable, NotFound
 from agentcast.log import SqliteLog, StoredEvent, StreamInfo
 from tests.log.test_contract import assert_idle, draft, seqs, take
+from tests.utils import seconds, wait_until
 
 
 @pytest.fixture
@@ -41,6 +44,36 @@ def fail_commits(db: SqliteDatabase, monkeypatch: pytest.MonkeyPatch) -> None:
         raise sqlite3.OperationalError("disk I/O error (injected)")
 
     monkeypatch.setattr(db, "_commit", failing_commit)
+
+
+def note_submits(db: SqliteDatabase, monkeypatch: pytest.MonkeyPatch) -> list[asyncio.Event]:
+    """Events set as the 1st, 2nd, ... op reaches the writer's queue (a gate to order by)."""
+    queued = [asyncio.Event() for _ in range(8)]
+    real_submit = db.submit
+    count = 0
+
+    def noting_submit(op: Any, *, on_commit: Any = None) -> asyncio.Future[Any]:
+        nonlocal count
+        future = real_submit(op, on_commit=on_commit)
+        queued[count].set()
+        count += 1
+        return future
+
+    monkeypatch.setattr(db, "submit", noting_submit)
+    return queued
+
+
+async def hold_writer(db: SqliteDatabase) -> tuple[threading.Event, asyncio.Future[None]]:
+    """Block the writer thread inside an op until the returned event is set."""
+    entered, release = threading.Event(), threading.Event()
+
+    def gate(conn: sqlite3.Connection) -> None:
+        entered.set()
+        assert release.wait(seconds(5))
+
+    held = asyncio.ensure_future(db.write(gate))
+    assert await asyncio.to_thread(entered.wait, seconds(5))
+    return release, held
 
 
 async def test_concurrent_appends_share_one_transaction(db: SqliteDatabase, log: SqliteLog) -> None:
@@ -195,3 +228,164 @@ async def test_a_stale_database_read_never_moves_a_cached_stream_back(
     assert list(log._infos) == ["th_b", "th_c"]
     assert await log.info("th_a") == known
     await log.close()
+
+
+# --- stream infos: a look-up that races a commit ----------------------------------------
+
+
+async def test_a_commit_during_a_stream_lookup_is_not_lost(
+    db: SqliteDatabase, log: SqliteLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A miss reads the row; a commit landing before it is cached must still count.
+
+    The commit callback moves only cached infos, and the thread is not cached
+    yet: the stale row used to be cached, so a client resuming at the real
+    head was told ``recovered: false`` and replayed the whole thread.
+    """
+    await log.append([draft(), draft()])  # appends do not cache th_1: a miss follows
+    read_done, release = asyncio.Event(), asyncio.Event()
+    real_read = db.read
+
+    async def held_read(op: Callable[[sqlite3.Connection], Any]) -> Any:
+        row = await real_read(op)  # the row as of now: last_seq 2
+        read_done.set()
+        await release.wait()  # hold it while a commit lands
+        return row
+
+    monkeypatch.setattr(db, "read", held_read)
+    async with asyncio.timeout(seconds(5)):
+        lookup = asyncio.ensure_future(log.info("th_1"))
+        await read_done.wait()
+        (third,) = await log.append([draft()])  # committed, and its callback ran
+        release.set()
+        info = await lookup
+    monkeypatch.undo()
+    assert third.seq == 3
+    assert info.last_seq == 3
+    assert await log.info("th_1") == info  # what was cached
+    follower = await log.follow("th_1", 3, info.epoch)
+    assert follower.start.recovered
+    assert follower.start.after_seq == 3
+    await follower.aclose()
+
+
+async def test_a_commit_in_the_group_that_creates_a_stream_is_not_lost(
+    db: SqliteDatabase, log: SqliteLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The creating write and an append commit together; the append's callback runs first."""
+    queued = note_submits(db, monkeypatch)
+    release, held = await hold_writer(db)
+    async with asyncio.timeout(seconds(5)):
+        await queued[0].wait()  # the gate
+        lookup = asyncio.ensure_future(log.info("th_new"))
+        await queued[1].wait()  # the stream's creation, behind the gate
+        append = asyncio.ensure_future(log.append([draft("th_new")]))
+        await queued[2].wait()  # the append, in the same group
+        release.set()
+        await held
+        info, stored = await asyncio.gather(lookup, append)
+    assert seqs(stored) == [1]
+    assert info.last_seq == 1
+    follower = await log.follow("th_new", 1, info.epoch)
+    assert follower.start.recovered
+    await follower.aclose()
+
+
+# --- failed appends: transient (retry) or permanent (give up this one) ------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (sqlite3.IntegrityError("UNIQUE constraint failed: runs.run_id"), AppendRejected),
+        (sqlite3.DataError("string or blob too big"), AppendRejected),
+        (sqlite3.ProgrammingError("Incorrect number of bindings supplied"), AppendRejected),
+        (sqlite3.InterfaceError("Error binding parameter 1"), AppendRejected),
+        (KeyError("run_unknown"), AppendRejected),
+        (NotFound("run not found"), AppendRejected),
+        (sqlite3.OperationalError("database or disk is full"), LogUnavailable),
+        (sqlite3.OperationalError("disk I/O error"), LogUnavailable),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else v.__name__,
+)
+@pytest.mark.parametrize("merged", [False, True], ids=["alone", "merged"])
+async def test_a_failed_append_is_transient_or_permanent(
+    db: SqliteDatabase, error: Exception, expected: type[Exception], merged: bool
+) -> None:
+    """The bridge retries LogUnavailable for ever: only the database's trouble may be one."""
+
+    def project(conn: sqlite3.Connection, events: list[StoredEvent]) -> None:
+        if any(e.run_id == "run_bad" for e in events):
+            raise error
+
+    log = SqliteLog(db, projector=project)
+    await log.open()
+    bad = [draft(run_id="run_bad"), draft(run_id="run_bad")]
+    if merged:  # appended in the same loop iteration as a good one: one database op
+        good = [draft()]
+        stored, outcome = await asyncio.gather(
+            log.append(good), log.append(bad), return_exceptions=True
+        )
+        assert seqs(stored) == [1]  # type: ignore[arg-type]
+    else:
+        outcome = (await asyncio.gather(log.append(bad), return_exceptions=True))[0]
+    assert type(outcome) is expected
+    assert outcome.__cause__ is error
+    assert isinstance(outcome, LogUnavailable) is (expected is LogUnavailable)
+    assert seqs(await log.read("th_1")) == ([1] if merged else [])
+    assert seqs(await log.append([draft()])) == [2 if merged else 1]  # the log goes on
+    await log.close()
+
+
+async def test_a_real_constraint_violation_rejects_only_that_append(db: SqliteDatabase) -> None:
+    def project(conn: sqlite3.Connection, events: list[StoredEvent]) -> None:
+        if any(e.run_id == "run_bad" for e in events):  # th_1's row exists: UNIQUE fails
+            conn.execute("INSERT INTO streams (thread_id, epoch) VALUES ('th_1', 'x')")
+
+    log = SqliteLog(db, projector=project)
+    await log.open()
+    ok = await log.append([draft()])
+    with pytest.raises(AppendRejected, match="UNIQUE constraint failed") as raised:
+        await log.append([draft(run_id="run_bad")])
+    assert isinstance(raised.value.__cause__, sqlite3.IntegrityError)
+    assert await log.read("th_1") == ok
+    assert seqs(await log.append([draft()])) == [2]
+    await log.close()
+
+
+# --- a dead writer thread ---------------------------------------------------------------
+
+
+async def test_a_dead_writer_fails_appends_at_once_and_the_log_recovers(
+    db: SqliteDatabase, log: SqliteLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer dies with an append in flight: it fails now, not never; then appends work."""
+    (first,) = await log.append([draft()])
+    follower = await log.follow("th_1", 1)
+    before = await log.info("th_1")
+    assert before.last_seq == 1
+    release, held = await hold_writer(db)
+
+    def dying(conn: sqlite3.Connection, group: list[Any]) -> Any:
+        raise RuntimeError("writer bug (injected)")
+
+    monkeypatch.setattr(db, "_run_group", dying)  # the gate's group already runs the real one
+    queued = note_submits(db, monkeypatch)
+    async with asyncio.timeout(seconds(5)):
+        in_flight = asyncio.ensure_future(log.append([draft(), draft()]))
+        await queued[0].wait()
+        release.set()
+        await held
+        with pytest.raises(WriteOutcomeUnknown, match=r"writer thread .* died") as raised:
+            await in_flight
+    assert isinstance(raised.value, LogUnavailable)  # the bridge retries it
+    assert isinstance(raised.value.__cause__, RuntimeError)
+    monkeypatch.undo()
+    await wait_until(lambda: db.writer_alive, within=seconds(5), message="a new writer")
+    await assert_idle(follower)  # woken to re-read: nothing was committed
+    assert await log.info("th_1") == before  # re-read from the database: unchanged
+    async with asyncio.timeout(seconds(5)):
+        stored = await log.append([draft()])
+        assert seqs(stored) == [2]
+        assert await take(follower, 1) == stored
+    assert await log.read("th_1") == [first, *stored]

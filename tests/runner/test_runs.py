@@ -143,8 +143,12 @@ async def test_cancel_by_run_stops_countdown_within_a_second(make_engine: Engine
     await wait_until(lambda: engine.runner.running_count == 1, message="countdown to start running")
     await asyncio.sleep(0.15)
     t0 = time.monotonic()
-    run_id, status = await engine.runner.cancel("alice", run_id=ticket.run_id)
-    assert (run_id, status) == (ticket.run_id, RunStatus.RUNNING)
+    result = await engine.runner.cancel("alice", run_id=ticket.run_id)
+    assert (result.run_id, result.thread_id, result.status) == (
+        ticket.run_id,
+        ticket.thread_id,
+        RunStatus.RUNNING,
+    )
     record = await wait_run(engine, "alice", ticket.run_id)
     assert time.monotonic() - t0 < 1.0
     events = await thread_events(engine, ticket.thread_id)
@@ -153,10 +157,8 @@ async def test_cancel_by_run_stops_countdown_within_a_second(make_engine: Engine
     assert 1 <= types_of(events).count("agent_thinking") < 50
     assert_status_matches(record, events)
     # Cancelling again: the final status, no second terminal event.
-    assert await engine.runner.cancel("alice", run_id=ticket.run_id) == (
-        ticket.run_id,
-        RunStatus.CANCELLED,
-    )
+    again = await engine.runner.cancel("alice", run_id=ticket.run_id)
+    assert (again.run_id, again.status) == (ticket.run_id, RunStatus.CANCELLED)
     assert len(await thread_events(engine, ticket.thread_id)) == len(events)
 
 
@@ -168,10 +170,8 @@ async def test_cancel_by_thread_and_a_sub_run_ends_first(make_engine: EngineFact
         return "tool_executing" in types_of(await thread_events_loose(engine, ticket.thread_id))
 
     await wait_until(tool_running, message="the sub-run's tool to start")
-    assert await engine.runner.cancel("alice", thread_id=ticket.thread_id) == (
-        ticket.run_id,
-        RunStatus.RUNNING,
-    )
+    result = await engine.runner.cancel("alice", thread_id=ticket.thread_id)
+    assert (result.run_id, result.status) == (ticket.run_id, RunStatus.RUNNING)
     await wait_run(engine, "alice", ticket.run_id)
     events = await thread_events(engine, ticket.thread_id)
     sub_id = next(e.run_id for e in events if e.parent_run_id == ticket.run_id)

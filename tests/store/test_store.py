@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import time
 
 import pytest
 
@@ -10,6 +10,7 @@ from agentcast.errors import NotFound
 from agentcast.store.base import NewRun, RunStatus
 from agentcast.types import new_run_id
 from tests.conftest import EngineFactory
+from tests.utils import wait_until
 
 
 async def test_threads_are_owned_and_listed_newest_first(make_engine: EngineFactory) -> None:
@@ -17,7 +18,8 @@ async def test_threads_are_owned_and_listed_newest_first(make_engine: EngineFact
     made = []
     for i in range(5):
         made.append(await store.create_thread("alice", title=f"t{i}"))
-        await asyncio.sleep(0.002)
+        # The next thread must be strictly newer: wait for the clock, not a fixed time.
+        await wait_until(lambda: time.time() > made[-1].updated_at, message="the clock to tick")
     await store.create_thread("bob")
     page1 = await store.list_threads("alice", limit=2)
     assert [t.title for t in page1] == ["t4", "t3"]

@@ -31,5 +31,5 @@ def test_js_client_unit_tests_pass() -> None:
     failed = re.search(r"^# fail (\d+)$", output, re.MULTILINE)
     assert passed is not None, output
     assert failed is not None, output
-    assert int(passed[1]) >= 20, output
+    assert int(passed[1]) >= 39, output
     assert int(failed[1]) == 0, output

@@ -9,7 +9,7 @@ context, which the runner creates per run (DESIGN.md, "One direction of flow").
 from __future__ import annotations
 
 from .context import RunContext
-from .exceptions import SubRunFailed, ToolError, ToolTimeout
+from .exceptions import SubRunCancelled, SubRunFailed, ToolError, ToolTimeout
 from .registry import (
     Agent,
     AgentRegistry,
@@ -29,6 +29,7 @@ __all__ = [
     "AgentSettings",
     "FunctionAgent",
     "RunContext",
+    "SubRunCancelled",
     "SubRunFailed",
     "ToolDispatcher",
     "ToolError",

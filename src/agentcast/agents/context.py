@@ -24,6 +24,7 @@ from .. import events
 from ..errors import InternalError, InvalidTransition, NotFound
 from .settings import AgentSettings
 from .tools import EmitFn, ToolDispatcher, ToolSpec
+from .whole import whole
 
 if TYPE_CHECKING:
     from .registry import AgentRegistry
@@ -303,12 +304,22 @@ class RunContext:
             timer.cancel()
         if not self._pending:
             return
-        # ``say`` does not take the lock: text may arrive while the emit below
-        # waits. Only what was taken is removed; a new timer covers the rest.
-        count = len(self._pending)
-        delta = "".join(self._pending[:count])
-        await self._emit_fn("text_delta", {"message_id": self.message_id, "delta": delta})
-        del self._pending[:count]
+        # Taken out before the emit, and the emit is awaited whole: once
+        # submitted the text is committed even if this task is cancelled
+        # meanwhile, so keeping it pending would send it twice. An emit that
+        # raises committed nothing: the text goes back to the front. ``say``
+        # does not take the lock: text arriving during the emit stays pending.
+        delta = "".join(self._pending)
+        self._pending.clear()
+        try:
+            await whole(
+                self._emit_fn("text_delta", {"message_id": self.message_id, "delta": delta})
+            )
+        except asyncio.CancelledError:
+            raise  # raised by ``whole`` only once the text was committed
+        except BaseException:
+            self._pending.insert(0, delta)
+            raise
 
     async def _flush_after(self, delay: float) -> None:
         """The coalescing timer: flush when the window has elapsed.

@@ -5,7 +5,8 @@
     AgentcastError (agentcast.errors)
     ├── ToolError        a tool call ended with status "error" (or "timeout")
     │   └── ToolTimeout  a tool call ended with status "timeout"
-    └── SubRunFailed     a delegated sub-run ended with agent_error
+    ├── SubRunFailed     a delegated sub-run ended with agent_error
+    └── SubRunCancelled  a delegated sub-run was cancelled on its own (by its id)
 
 Their messages are already sanitised (:func:`agentcast.agents.sanitize_error`),
 so an agent may show them to the user or feed them back to a model. The
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 from ..errors import AgentcastError
 
-__all__ = ["SubRunFailed", "ToolError", "ToolTimeout"]
+__all__ = ["SubRunCancelled", "SubRunFailed", "ToolError", "ToolTimeout"]
 
 
 class ToolError(AgentcastError):
@@ -69,3 +70,33 @@ class SubRunFailed(AgentcastError):
         self.agent = agent
         self.run_id = run_id
         self.error_type = error_type
+
+
+class SubRunCancelled(AgentcastError):
+    """A delegated sub-run was cancelled by its own id while its parent went on.
+
+    Raised by ``ctx.delegate``. The sub-run's ``agent_cancelled`` is already
+    emitted; the parent may handle this (try another way, answer without
+    it) or let it escape, and then the parent ends with ``agent_error``.
+    A cancellation of the parent itself is never this: it cancels the
+    parent's task (``CancelledError``) after ending the sub-runs.
+
+    Args:
+        message: What happened, for logs and the parent's error.
+        agent: The delegated agent's name.
+        run_id: The sub-run's id.
+        reason: The sub-run's ``agent_cancelled.reason``.
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        agent: str | None = None,
+        run_id: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        super().__init__(message or "the sub-run was cancelled")
+        self.agent = agent
+        self.run_id = run_id
+        self.reason = reason

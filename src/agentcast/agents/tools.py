@@ -30,10 +30,11 @@ from typing import Any, Final, Generic, ParamSpec, TypedDict, TypeVar, overload
 import msgspec
 
 from .. import events
-from ..errors import InvalidEvent, InvalidInput, NotFound
+from ..errors import InvalidEvent, InvalidInput, InvalidTransition, NotFound
 from .exceptions import ToolError, ToolTimeout
 from .sanitize import sanitize_error
 from .settings import AgentSettings
+from .whole import whole
 
 __all__ = ["EmitFn", "ToolDispatcher", "ToolInfo", "ToolSpec", "tool"]
 
@@ -390,18 +391,37 @@ class ToolDispatcher:
             parameters = events.bounded_json(events.redact(_json_ready(args)), max_bytes)
         except (TypeError, ValueError, InvalidEvent):
             parameters = events.bounded_json({"unrepresentable": True}, max_bytes)
-        await self._emit(
-            "tool_executing",
-            {"tool_call_id": call_id, "tool_name": tool_name, "parameters": parameters},
-        )
         started = time.perf_counter()
 
         async def complete(status: events.ToolStatus, **extra: Any) -> None:
             duration_ms = round((time.perf_counter() - started) * 1000, 3)
             data = {"tool_call_id": call_id, "tool_name": tool_name, "status": status}
-            await _shielded(
-                self._emit("tool_completed", {**data, **extra, "duration_ms": duration_ms})
+            try:
+                await whole(
+                    self._emit("tool_completed", {**data, **extra, "duration_ms": duration_ms})
+                )
+            except (asyncio.CancelledError, InvalidTransition):
+                raise
+            except Exception:
+                # The log refused this completion (e.g. its results): close the
+                # pair with a minimal one, then let the agent see the error.
+                data["status"] = "error"
+                minimal = {**data, "error": "the result could not be recorded"}
+                await whole(self._emit("tool_completed", {**minimal, "duration_ms": duration_ms}))
+                raise
+
+        # Whole: a cancellation during this emit must not leave a call that
+        # was announced (the bridge commits it anyway) without its completion.
+        try:
+            await whole(
+                self._emit(
+                    "tool_executing",
+                    {"tool_call_id": call_id, "tool_name": tool_name, "parameters": parameters},
+                )
             )
+        except asyncio.CancelledError:
+            await complete("cancelled", error="the tool call was cancelled")
+            raise
 
         def fail(message: str, cls: type[ToolError] = ToolError) -> ToolError:
             return cls(message, tool_name=tool_name, tool_call_id=call_id)
@@ -455,25 +475,3 @@ class ToolDispatcher:
             return self._resolve(tool_name)
         except NotFound:
             return None
-
-
-async def _shielded(awaitable: Awaitable[object]) -> None:
-    """Await ``awaitable`` to its end even if the caller is cancelled meanwhile.
-
-    A ``tool_completed`` that is started must be finished, or the pair is
-    broken. Further cancellations are absorbed while it runs; the caller is
-    on its way out with ``CancelledError`` (or another error) anyway.
-    """
-    task = asyncio.ensure_future(awaitable)
-    cancelled = False
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if task.done() and task.cancelled():
-                raise
-            cancelled = True
-    task.result()
-    if cancelled:
-        # Keep the cancellation request visible to the caller.
-        raise asyncio.CancelledError

@@ -5,10 +5,13 @@ until release. ``flock`` locks an open file description, not a process, so a
 second owner inside the same process is refused as well.
 
 The lock file also carries a small JSON marker about the session holding it
-(pid, ``open``/``closed``, ``synchronous`` mode). The next owner reads it to
-learn whether the previous session ended cleanly — which matters for
-``synchronous=NORMAL``, where a power loss may lose the last commits (see
-:mod:`agentcast.db.sqlite`).
+(pid, ``open``/``closed``, ``synchronous`` mode, and the ``db_id`` and
+``stamp`` of the database it left). The next owner reads it to learn whether
+the previous session ended cleanly — which matters for
+``synchronous=NORMAL``, where a power loss may lose the last commits — and
+whether the database is still the one that session left, not a replaced or
+restored file (see :mod:`agentcast.db.sqlite`). A marker that is missing or
+cannot be read comes back as ``{}``.
 """
 
 from __future__ import annotations
@@ -74,11 +77,27 @@ class DataDirLock:
         self._fd = fd
         return self._read()
 
-    def mark(self, state: str, synchronous: str) -> None:
-        """Record this session's state in the lock file, durably (fsync)."""
+    def mark(
+        self,
+        state: str,
+        synchronous: str,
+        *,
+        db_id: str | None = None,
+        stamp: str | None = None,
+    ) -> None:
+        """Record this session's state in the lock file, durably (fsync).
+
+        ``db_id`` and ``stamp`` are the database's identity and its latest
+        stamp: the next owner compares them with the database it opens.
+        """
         if self._fd is None:
             return
-        data = json.dumps({"pid": os.getpid(), "state": state, "synchronous": synchronous})
+        marker: dict[str, Any] = {"pid": os.getpid(), "state": state, "synchronous": synchronous}
+        if db_id is not None:
+            marker["db_id"] = db_id
+        if stamp is not None:
+            marker["stamp"] = stamp
+        data = json.dumps(marker)
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, data.encode(), 0)
         os.fsync(self._fd)

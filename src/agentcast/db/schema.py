@@ -86,6 +86,20 @@ MIGRATIONS: Final[tuple[tuple[int, str], ...]] = (
         CREATE INDEX messages_thread ON messages(thread_id, created_at);
         """,
     ),
+    (
+        2,
+        """
+        -- ``db_id``: this database's identity, made once. ``stamp``: a token
+        -- replaced at every open and clean close. The lock marker records
+        -- both, so a database file that was replaced or restored from an
+        -- older copy does not match it, and its streams get new epochs
+        -- (agentcast.db.sqlite, "Restores").
+        CREATE TABLE meta (
+            key   TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        ) WITHOUT ROWID;
+        """,
+    ),
 )
 
 SCHEMA_VERSION: Final = MIGRATIONS[-1][0]

@@ -33,6 +33,29 @@ records the mode of the session holding it; when the previous session was
 NORMAL and did not close cleanly, :meth:`open` gives every stream a new
 epoch before anything else is written, so clients resume with
 ``recovered: false`` instead of a silent gap.
+
+**Restores.** A database restored from a backup has lost the commits made
+after the copy, so the same ``(epoch, seq)`` would name other events: a
+client would skip or repeat events silently. The database keeps an identity
+(``meta.db_id``, made once) and a ``stamp`` replaced at every open and clean
+close; the lock marker records both. :meth:`open` rotates every epoch, as for
+NORMAL mode, when the marker is missing or unreadable, names another
+database (the file was replaced), or names another stamp (an older copy of
+this database). A copy taken while the server ran and restored after a
+crash carries the marker's stamp and cannot be told apart: the documented
+restore procedure therefore always rotates (``agentcast db rotate-epochs``,
+:meth:`open` with ``rotate_epochs=True``). A crash in the instant between the
+database's stamp and the marker's may rotate once needlessly: the safe
+direction.
+
+**A dead writer.** Every op is resolved by the writer thread; if an
+unexpected exception escapes its loop, nothing else would ever resolve the
+queued futures and every write would wait for ever. Instead the thread's
+death fails the group it held with :class:`WriteOutcomeUnknown` and every
+queued op with :class:`~agentcast.errors.LogUnavailable`, writes fail at once
+while :attr:`SqliteDatabase.writer_alive` is false, and a new writer thread
+is started; if that fails, the next write tries again. The bridge's health
+probe writes, so it fails for as long as the writer is down.
 """
 
 from __future__ import annotations
@@ -40,6 +63,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -60,6 +84,7 @@ __all__ = [
     "WAL_RESTART_FRAMES",
     "WAL_SIZE_LIMIT",
     "SqliteDatabase",
+    "WriteOutcomeUnknown",
     "WriteStats",
 ]
 
@@ -86,6 +111,31 @@ class WriteStats:
     groups_failed: int = 0
     #: Times the writer caught up with the checkpoint so that the WAL starts over.
     wal_restarts: int = 0
+    #: Times the writer thread died of an unexpected exception.
+    writer_deaths: int = 0
+    #: Times a new writer thread replaced a dead one.
+    writer_restarts: int = 0
+    #: Times a new writer thread could not start (the next write tries again).
+    writer_restart_failures: int = 0
+
+
+class WriteOutcomeUnknown(LogUnavailable):
+    """The writer thread died while this write was in its group.
+
+    It may or may not have committed, and its commit callback did not run:
+    retry it (appends are idempotent) and re-read what it touched.
+    """
+
+
+class _Session(NamedTuple):
+    """What :meth:`SqliteDatabase.open` found and wrote before any other write."""
+
+    db_id: str
+    stamp: str
+    #: Why every epoch was rotated, or ``None``.
+    rotation: str | None
+    #: Streams that got a new epoch.
+    rotated: int
 
 
 class _Op(NamedTuple):
@@ -149,7 +199,10 @@ class SqliteDatabase:
         self._reader_conns: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
         self._checkpointer: threading.Thread | None = None
         self._checkpoint_stop = threading.Event()
-        self._epochs_rotated = False
+        self._session: _Session | None = None
+        #: Why the writer thread died, until a new one runs.
+        self._writer_error: BaseException | None = None
+        self._restart: asyncio.Task[None] | None = None
         self.stats = WriteStats()
 
     # Public methods
@@ -176,11 +229,51 @@ class SqliteDatabase:
 
     @property
     def epochs_rotated(self) -> bool:
-        """Whether :meth:`open` gave every stream a new epoch (unclean NORMAL shutdown)."""
-        return self._epochs_rotated
+        """Whether the last :meth:`open` gave every stream a new epoch (see :attr:`rotation`)."""
+        return self._session is not None and self._session.rotation is not None
 
-    async def open(self) -> None:
+    @property
+    def rotation(self) -> str | None:
+        """Why the last :meth:`open` rotated every epoch (unclean NORMAL, restore, request)."""
+        return None if self._session is None else self._session.rotation
+
+    @property
+    def streams_rotated(self) -> int:
+        """How many streams the last :meth:`open` gave a new epoch."""
+        return 0 if self._session is None else self._session.rotated
+
+    @property
+    def database_id(self) -> str | None:
+        """The database's identity (``meta.db_id``), known once opened."""
+        return None if self._session is None else self._session.db_id
+
+    @property
+    def writer_alive(self) -> bool:
+        """Whether writes can be taken now: open, and the writer thread running.
+
+        False while closed, after the writer thread died and until a new one
+        runs; meanwhile every write fails at once with ``LogUnavailable``.
+        """
+        writer = self._writer
+        return (
+            self._accepting
+            and self._writer_error is None
+            and writer is not None
+            and writer.is_alive()
+        )
+
+    @property
+    def writer_error(self) -> BaseException | None:
+        """What killed the writer thread, until a new one runs."""
+        return self._writer_error
+
+    async def open(self, *, rotate_epochs: bool = False) -> None:
         """Lock the directory, open connections, migrate. A second call is a no-op.
+
+        Before anything else is written, every stream gets a new epoch if the
+        previous NORMAL session did not close cleanly, if the database is not
+        the one the lock marker names (replaced or restored), or if
+        ``rotate_epochs`` asks for it (the restore procedure).
 
         Raises:
             DataDirLocked: another process (or another ``SqliteDatabase``)
@@ -192,12 +285,20 @@ class SqliteDatabase:
             if self._is_open:
                 return
             self._loop = asyncio.get_running_loop()
+            self._writer_error = None  # a death in a past session says nothing about this one
+            self._session = None
             previous = await asyncio.to_thread(self._lock.acquire)
             try:
-                rotate = previous.get("state") == "open" and previous.get("synchronous") != "FULL"
-                await self._start_writer(rotate_epochs=rotate)
-                self._epochs_rotated = rotate
-                await asyncio.to_thread(self._lock.mark, "open", self._synchronous)
+                session = await self._start_writer(previous, rotate_epochs)
+                assert session is not None  # a first start always opens a session
+                self._session = session
+                await asyncio.to_thread(
+                    self._lock.mark,
+                    "open",
+                    self._synchronous,
+                    db_id=session.db_id,
+                    stamp=session.stamp,
+                )
                 await asyncio.to_thread(self._open_readers)
                 self._start_checkpointer()
             except BaseException:
@@ -247,10 +348,17 @@ class SqliteDatabase:
         iteration before their op reaches the writer.
 
         Raises:
-            LogUnavailable: the database is not open.
+            LogUnavailable: the database is not open, or its writer thread
+                died and no new one runs yet.
         """
         if not self._accepting or self._loop is None:
             raise LogUnavailable(f"database {self._path} is not open")
+        if self._writer_error is not None:
+            self._restart_writer()  # the last restart failed: try again, in the background
+            raise LogUnavailable(
+                f"the writer thread of {self._path} died ({self._writer_error!r}); "
+                "a new one is being started"
+            )
         future: asyncio.Future[T] = self._loop.create_future()
         self._queue.put(_Op(op, future, cast("Callable[[Any], None] | None", on_commit)))
         return future
@@ -268,19 +376,27 @@ class SqliteDatabase:
 
     # Private methods: writer thread
 
-    async def _start_writer(self, *, rotate_epochs: bool) -> None:
+    async def _start_writer(
+        self, previous: dict[str, Any] | None, rotate_epochs: bool = False
+    ) -> _Session | None:
+        """Start the writer thread; on a first start (``previous``: the lock marker) open a session.
+
+        A restarted writer (``previous`` is ``None``) only reconnects: the
+        session of this open stays valid.
+        """
         loop = asyncio.get_running_loop()
-        started: ThreadFuture[None] = ThreadFuture()
-        self._writer_done = loop.create_future()
+        started: ThreadFuture[_Session | None] = ThreadFuture()
+        done: asyncio.Future[None] = loop.create_future()
+        self._writer_done = done
         self._queue = queue.SimpleQueue()
         self._writer = threading.Thread(
             target=self._writer_main,
-            args=(loop, started, rotate_epochs),
+            args=(loop, self._queue, started, done, previous, rotate_epochs),
             name="agentcast-sqlite-writer",
             daemon=True,
         )
         self._writer.start()
-        await asyncio.wrap_future(started)
+        return await asyncio.wrap_future(started)
 
     def _connect(self, *, query_only: bool = False) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -301,7 +417,7 @@ class SqliteDatabase:
             raise
         return conn
 
-    def _connect_writer(self, rotate_epochs: bool) -> sqlite3.Connection:
+    def _connect_writer(self) -> sqlite3.Connection:
         conn = self._connect()
         try:
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -311,29 +427,77 @@ class SqliteDatabase:
             conn.execute("PRAGMA wal_autocheckpoint=0")
             conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             _migrate(conn, self._path)
-            if rotate_epochs:
-                conn.execute("UPDATE streams SET epoch = lower(hex(randomblob(8)))")
-                logger.warning(
-                    "%s: the previous synchronous=NORMAL session did not close cleanly; "
-                    "every stream got a new epoch (clients resume with recovered=false)",
-                    self._path,
-                )
         except BaseException:
             conn.close()
             raise
         return conn
 
-    def _writer_main(
-        self, loop: asyncio.AbstractEventLoop, started: ThreadFuture[None], rotate: bool
-    ) -> None:
+    def _open_session(
+        self, conn: sqlite3.Connection, previous: dict[str, Any], force: bool
+    ) -> _Session:
+        """Compare the database with the lock marker, rotate epochs if needed, stamp it.
+
+        One transaction, on the writer thread before it takes any op: no
+        event can be appended under an epoch that is about to change.
+        """
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            conn: sqlite3.Connection | None = self._connect_writer(rotate)
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            has_streams = bool(conn.execute("SELECT EXISTS (SELECT 1 FROM streams)").fetchone()[0])
+            reason = "it was requested (restore procedure)" if force else None
+            if reason is None and has_streams:  # no stream: no position to protect
+                reason = _rotation_reason(previous, meta)
+            rotated = 0
+            if reason is not None:
+                rotated = conn.execute(
+                    "UPDATE streams SET epoch = lower(hex(randomblob(8)))"
+                ).rowcount
+            db_id = meta.get("db_id") or _new_token()
+            stamp = _new_token()
+            conn.executemany(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                [("db_id", db_id), ("stamp", stamp)],
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        if reason is not None:
+            # A detected restore or unclean NORMAL session is news; a requested rotation is not.
+            logger.log(
+                logging.INFO if force else logging.WARNING,
+                "%s: %d streams got a new epoch because %s (clients resume with "
+                "recovered=false instead of a silent gap or duplicates)",
+                self._path,
+                rotated,
+                reason,
+            )
+        return _Session(db_id, stamp, reason, rotated)
+
+    def _writer_main(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        q: queue.SimpleQueue[_Op | object],
+        started: ThreadFuture[_Session | None],
+        done: asyncio.Future[None],
+        previous: dict[str, Any] | None,
+        force_rotation: bool,
+    ) -> None:
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = self._connect_writer()
+            session = (
+                None if previous is None else self._open_session(conn, previous, force_rotation)
+            )
         except BaseException as exc:
+            if conn is not None:
+                conn.close()
             started.set_exception(exc)
-            _call_soon(loop, self._writer_stopped)
+            _call_soon(loop, _resolve, done)
             return
-        started.set_result(None)
-        q = self._queue
+        started.set_result(session)
+        group: list[_Op] = []  # taken from the queue, outcome not yet handed to the loop
         stopping = False
         try:
             while not stopping:
@@ -352,14 +516,20 @@ class SqliteDatabase:
                     group.append(cast(_Op, item))
                 outcomes, conn = self._run_group(conn, group)
                 _call_soon(loop, self._deliver, group, outcomes)
+                group = []
                 if self._restart_wanted and conn is not None:
                     self._catch_up(conn)
+        except BaseException as exc:
+            # Nothing else resolves the ops: without this every write would hang.
+            logger.critical("the writer thread of %s died", self._path, exc_info=True)
+            _call_soon(loop, self._writer_died, q, group, exc)
         finally:
             if conn is not None:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-                conn.close()
-            _call_soon(loop, self._writer_stopped)
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            _call_soon(loop, _resolve, done)
 
     def _catch_up(self, conn: sqlite3.Connection) -> None:
         """Between two groups: checkpoint what the background checkpoint has not reached.
@@ -389,7 +559,7 @@ class SqliteDatabase:
         """
         try:
             if conn is None:  # dropped after a failed rollback: reopen it
-                conn = self._connect_writer(False)
+                conn = self._connect_writer()
         except Exception as exc:
             return self._fail_group(group, exc), None
         try:
@@ -464,9 +634,67 @@ class SqliteDatabase:
             else:
                 op.future.set_exception(value)
 
-    def _writer_stopped(self) -> None:
-        if self._writer_done is not None and not self._writer_done.done():
-            self._writer_done.set_result(None)
+    def _writer_died(
+        self, q: queue.SimpleQueue[_Op | object], in_flight: list[_Op], cause: BaseException
+    ) -> None:
+        """On the event loop: fail every op the dead writer held or would have taken, restart it.
+
+        Runs before any op submitted after the death could be queued behind
+        nobody: ``submit`` refuses from here on until a new writer runs.
+        """
+        self.stats.writer_deaths += 1
+        self._writer_error = cause
+        for op in in_flight:
+            _fail(
+                op.future,
+                WriteOutcomeUnknown(
+                    f"the writer thread of {self._path} died ({cause!r}) with this write in "
+                    "flight: it may or may not have committed; retry it"
+                ),
+                cause,
+            )
+        while True:
+            try:
+                item = q.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _Op):
+                _fail(
+                    item.future,
+                    LogUnavailable(
+                        f"the writer thread of {self._path} died ({cause!r}); "
+                        "the write was not committed"
+                    ),
+                    cause,
+                )
+        if self._accepting:
+            self._restart_writer()
+
+    def _restart_writer(self) -> None:
+        """Start a new writer thread in the background, unless one is being started."""
+        if self._restart is None or self._restart.done():
+            self._restart = asyncio.get_running_loop().create_task(self._restart_main())
+
+    async def _restart_main(self) -> None:
+        # Under the open lock: never at the same time as close() or open().
+        async with self._open_lock:
+            if not self._is_open or self._writer_error is None:
+                return
+            if self._writer is not None:
+                await asyncio.to_thread(self._writer.join)
+            try:
+                await self._start_writer(None)
+            except Exception:
+                self.stats.writer_restart_failures += 1
+                logger.exception(
+                    "a new writer thread for %s could not start; writes keep failing and "
+                    "the next one tries again",
+                    self._path,
+                )
+                return
+            self._writer_error = None
+            self.stats.writer_restarts += 1
+            logger.warning("%s: a new writer thread runs; writes are accepted again", self._path)
 
     # Private methods: readers and checkpoints
 
@@ -523,13 +751,22 @@ class SqliteDatabase:
             self._checkpoint_stop.set()
             await asyncio.to_thread(self._checkpointer.join)
             self._checkpointer = None
+        session = self._session
+        stamped: asyncio.Future[str] | None = None
         if self._writer is not None:
-            if self._writer.is_alive():
+            if self._writer.is_alive() and self._writer_error is None:
+                if clean and session is not None and self._loop is not None:
+                    # The last write: a stamp only this clean close knows, so a
+                    # copy taken while we ran does not match the marker.
+                    stamped = self._loop.create_future()
+                    self._queue.put(_Op(_restamp, stamped, None))
                 self._queue.put(_STOP)  # ops queued before it still commit
                 if self._writer_done is not None:
                     await self._writer_done
             await asyncio.to_thread(self._writer.join)
             self._writer = None
+        if session is not None and stamped is not None and _succeeded(stamped):
+            session = self._session = session._replace(stamp=stamped.result())
         if self._reader_pool is not None:
             await asyncio.to_thread(self._reader_pool.shutdown, True)
             self._reader_pool = None
@@ -538,7 +775,13 @@ class SqliteDatabase:
         if self._lock.held:
             if clean:
                 with contextlib.suppress(OSError):
-                    await asyncio.to_thread(self._lock.mark, "closed", self._synchronous)
+                    await asyncio.to_thread(
+                        self._lock.mark,
+                        "closed",
+                        self._synchronous,
+                        db_id=None if session is None else session.db_id,
+                        stamp=None if session is None else session.stamp,
+                    )
             self._lock.release()
 
 
@@ -566,6 +809,57 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise InternalError(f"migration {version} of {path} failed: {exc}") from exc
+
+
+def _rotation_reason(previous: dict[str, Any], meta: dict[str, str]) -> str | None:
+    """Why the streams of a database with streams need new epochs, or ``None``.
+
+    ``previous`` is the lock marker the last session left, ``meta`` the
+    database's ``db_id`` and ``stamp``.
+    """
+    if previous.get("state") == "open" and previous.get("synchronous") != "FULL":
+        return "the previous synchronous=NORMAL session did not close cleanly"
+    if "state" not in previous:
+        return "the lock marker is missing or unreadable (the data directory was restored?)"
+    db_id, marked_id = meta.get("db_id"), previous.get("db_id")
+    if db_id is None and marked_id is None:
+        return None  # a database from before identities, with its marker: nothing to compare
+    if db_id != marked_id:
+        if marked_id is None:
+            return "the lock marker names no database (written by an older agentcast, or edited)"
+        return (
+            f"the database file was replaced: the lock marker names database {marked_id}, "
+            f"the file is {db_id or 'a database without an identity'}"
+        )
+    if meta.get("stamp") != previous.get("stamp"):
+        return "the database is not the state the last session left (restored from a backup?)"
+    return None
+
+
+def _restamp(conn: sqlite3.Connection) -> str:
+    """Replace the database's stamp (the last write of a clean close)."""
+    stamp = _new_token()
+    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('stamp', ?)", (stamp,))
+    return stamp
+
+
+def _new_token() -> str:
+    return os.urandom(8).hex()
+
+
+def _fail(future: asyncio.Future[Any], error: BaseException, cause: BaseException) -> None:
+    if not future.done():
+        error.__cause__ = cause
+        future.set_exception(error)
+
+
+def _succeeded(future: asyncio.Future[Any]) -> bool:
+    return future.done() and not future.cancelled() and future.exception() is None
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:

@@ -220,12 +220,12 @@ async def get_run(gateway: Gateway, request: Request, principal: Principal) -> R
 async def cancel_run(gateway: Gateway, request: Request, principal: Principal) -> Response:
     """``POST /v1/runs/{run_id}/cancel``: 202 with the status the run had when cancelled."""
     try:
-        run_id, status = await gateway.engine.runner.cancel(
+        result = await gateway.engine.runner.cancel(
             principal.user_id, run_id=request.path_params["run_id"]
         )
     except NotFound:
         raise NotFound(_NO_RUN) from None
-    return _json({"run_id": run_id, "status": str(status)}, 202)
+    return _json({"run_id": result.run_id, "status": str(result.status)}, 202)
 
 
 async def list_threads(gateway: Gateway, request: Request, principal: Principal) -> Response:

@@ -129,9 +129,11 @@ class AgentcastServer(uvicorn.Server):
         name = signal.Signals(sig).name
         if self._drain is None:
             logger.info(
-                "%s: finishing runs (grace %.1fs), then closing connections with 1001",
+                "%s: finishing runs (grace %.1fs), then closing connections with 1001"
+                " (at most %.1fs in all)",
                 name,
                 self._gateway.settings.shutdown_grace_s,
+                self._gateway.shutdown_budget(),
             )
             self._drain = asyncio.get_running_loop().create_task(
                 self._drain_then_exit(), name="agentcast-shutdown"

@@ -71,6 +71,11 @@ class GatewaySettings(BaseSettings):
     log_backend: Literal["sqlite", "memory"] = "sqlite"
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
     shutdown_grace_s: float = 10.0
+    #: At shutdown, after the runs ended: how long connections get to send the
+    #: events already in the log (the cancelled runs' terminal events).
+    shutdown_drain_s: float = Field(default=5.0, ge=0)
+    #: Then how long closing them (1001) may take; one deadline for all of them.
+    shutdown_close_s: float = Field(default=2.0, ge=0)
 
     def engine_settings(self) -> EngineSettings:
         """The engine's settings: ``AGENTCAST_*`` from the environment, then these fields."""

@@ -18,6 +18,10 @@ Backpressure (invariant 6, "bounded everything"):
   live bytes of the outbox over the bound make the connection a slow consumer,
   closed with 4008. The client resumes from the log; the agents and every other
   connection never wait for it.
+
+A :class:`TerminalForward` is the one exception to "a subscription per
+followed thread": it brings a connection that cancelled a run in a thread it
+does not follow that run's terminal event, and nothing else.
 """
 
 from __future__ import annotations
@@ -31,11 +35,12 @@ from typing import Final
 
 from ..bridge import Bridge
 from ..errors import CloseCode
+from ..events import TERMINAL_TYPES
 from ..log.base import Follower, StoredEvent
 from ..log.follower import FollowerClosed, HistoryLost, StreamFollower
 from ..protocol import Subscribed, encode_frame, pack_events
 
-__all__ = ["MAX_BATCH_FRAME_BYTES", "OutFrame", "Outbox", "Subscription"]
+__all__ = ["MAX_BATCH_FRAME_BYTES", "OutFrame", "Outbox", "Subscription", "TerminalForward"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +102,14 @@ class Outbox:
         self._push(_Entry(data, live=True))
         return self.live_bytes <= self.limit_bytes
 
-    def put_events(self, owner: Subscription, events: list[StoredEvent], *, live: bool) -> bool:
-        """Queue a batch of events; return ``False`` if live bytes now exceed the bound."""
+    def put_events(
+        self, owner: Subscription | None, events: list[StoredEvent], *, live: bool
+    ) -> bool:
+        """Queue a batch of events; return ``False`` if live bytes now exceed the bound.
+
+        ``owner`` is the subscription whose position the events advance once
+        sent (``None`` for an event that belongs to no subscription).
+        """
         for ev in events:
             self._push(_Entry(ev.raw, live, owner, ev))
         return not live or self.live_bytes <= self.limit_bytes
@@ -299,3 +310,113 @@ class Subscription:
             self._fail(CloseCode.SLOW_CONSUMER, "slow consumer: resume from the log")
             return False
         return True
+
+
+class TerminalForward:
+    """Brings one run's terminal event to a connection that does not follow its thread.
+
+    Whoever cancels a run is answered ``cancel_accepted`` and then gets the
+    run's terminal event, subscribed to the thread or not. Subscribed, the
+    subscription carries it. Not subscribed, the connection follows the
+    thread from the position the cancel returned (which lies before that
+    event) and forwards only the event whose ``run_id`` is the run's and
+    whose type is terminal; its sub-runs' terminal events carry their own run
+    ids. Then it stops. It also stops when the connection closes.
+
+    A forward exists only while its connection does not follow the thread:
+    when a subscription to the thread starts, :meth:`settle` hands over to it
+    without a gap or a duplicate.
+
+    Args:
+        run_id: The cancelled run.
+        thread_id: Its thread.
+        follower: A follower of the thread, started before the run's terminal event.
+        outbox: The connection's send queue.
+        bridge: For reading history and re-following after lost history.
+        batch_size: Events per read.
+        fail: Closes the connection with a code and reason; must not block.
+    """
+
+    def __init__(
+        self,
+        run_id: str,
+        thread_id: str,
+        follower: Follower,
+        *,
+        outbox: Outbox,
+        bridge: Bridge,
+        batch_size: int,
+        fail: Callable[[int, str], None],
+    ) -> None:
+        self.run_id = run_id
+        self.thread_id = thread_id
+        self.follower = follower
+        self.task: asyncio.Task[None] | None = None
+        #: Whether the terminal event was queued (or the forward handed over).
+        self.done = False
+        #: The seq of the last event looked at: everything up to it was not the one.
+        self._scanned = follower.start.after_seq
+        self._outbox = outbox
+        self._bridge = bridge
+        self._batch_size = batch_size
+        self._fail = fail
+        self._stopping = False
+
+    # Public methods
+
+    async def run(self) -> None:
+        """Read the thread until the run's terminal event, queue it, stop."""
+        while not self.done:
+            try:
+                batch = await self.follower.next_batch(self._batch_size)
+            except HistoryLost as exc:
+                logger.info("forward of %s lost history: %s", self.run_id, exc)
+                old = self.follower
+                self.follower = await self._bridge.follow(
+                    self.thread_id, old.cursor, old.start.epoch
+                )
+                await old.aclose()
+                continue
+            except FollowerClosed:
+                if not self._stopping:
+                    self._fail(CloseCode.GOING_AWAY, "event log closed")
+                return
+            self._look_at(batch)
+        await self.follower.aclose()
+
+    async def settle(self, upto: int) -> None:
+        """A subscription to the thread starts after ``upto``: hand the event over to it.
+
+        The subscription delivers every event after ``upto``; if the terminal
+        event lies at or before it (and was not queued yet), it is queued
+        here, so it goes out before the subscription's reply and stream.
+        """
+        await self.stop()
+        while not self.done and self._scanned < upto:
+            limit = min(self._batch_size, upto - self._scanned)
+            batch = await self._bridge.read(self.thread_id, self._scanned, limit)
+            within = [ev for ev in batch if ev.seq <= upto]
+            if not within:
+                break  # trimmed, or nothing more: the subscription has the rest
+            self._look_at(within)
+        self.done = True
+
+    async def stop(self) -> None:
+        """Cancel the task and close the follower (what was queued stays queued)."""
+        self._stopping = True
+        task = self.task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.wait([task])
+        await self.follower.aclose()
+
+    # Private methods
+
+    def _look_at(self, batch: list[StoredEvent]) -> None:
+        for ev in batch:
+            self._scanned = ev.seq
+            if ev.run_id == self.run_id and ev.type in TERMINAL_TYPES:
+                self.done = True
+                if not self._outbox.put_events(None, [ev], live=True):
+                    self._fail(CloseCode.SLOW_CONSUMER, "slow consumer: resume from the log")
+                return

@@ -10,8 +10,11 @@ One :class:`WsConnection` per socket, made of watched tasks:
   :class:`~agentcast.gateway.subscription.Outbox` onto the socket — the only
   code that sends;
 * one :class:`~agentcast.gateway.subscription.Subscription` task per thread,
-  moving events from the log to the outbox (DESIGN.md: nothing writes to a
-  socket except a subscription reading the log);
+  moving events from the log to the outbox (nothing writes to a socket except
+  a subscription reading the log);
+* one :class:`~agentcast.gateway.subscription.TerminalForward` task per run
+  this connection cancelled in a thread it does not follow, bringing it that
+  run's terminal event after ``cancel_accepted``;
 * an expiry timer that closes with 4401 when the token's ``exp`` passes.
 
 Invariants kept here: authentication before ``accept`` and a per-user check
@@ -65,10 +68,11 @@ from ..protocol import (
     frame_too_large,
     parse_client_frame,
 )
-from ..runner import RunTicket
+from ..runner import CancelResult, RunTicket
+from ..store.base import RunStatus
 from .auth import AuthError, Principal
 from .context import Gateway
-from .subscription import Outbox, Subscription
+from .subscription import Outbox, Subscription, TerminalForward
 
 __all__ = ["CLOSE_TIMEOUT_S", "WebSocketHandler", "WsConnection"]
 
@@ -80,6 +84,8 @@ CLOSE_TIMEOUT_S: Final = 10.0
 #: Consecutive rate-limited frames after which only every Nth gets a reply,
 #: so a flood cannot turn into a flood of error frames.
 _RATE_REPLY_EVERY: Final = 16
+#: A cancel with one of these statuses takes effect: the run's terminal event is still to come.
+_CANCELLING: Final = frozenset({RunStatus.QUEUED, RunStatus.RUNNING})
 
 
 class WebSocketHandler:
@@ -150,6 +156,7 @@ class WsConnection:
         self._bucket = TokenBucket(settings.ws_rate_per_s, settings.ws_rate_burst, _now())
         self._limited = 0
         self._subs: dict[str, Subscription] = {}
+        self._forwards: dict[str, TerminalForward] = {}  # by run id
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reader: asyncio.Task[None] | None = None
         self._close_task: asyncio.Task[None] | None = None
@@ -225,10 +232,13 @@ class WsConnection:
                 # The client stopped reading: the close frame cannot be sent.
                 # Stop serving it; the server drops the transport when we return.
                 logger.info("connection %s: close %d timed out", self.connection_id, code)
-                if self._reader is not None and self._reader is not asyncio.current_task():
-                    self._reader.cancel()
+                self._drop()
             except (WebSocketDisconnect, WebSocketDisconnected):
                 pass  # the client left first: nothing to close
+        except asyncio.CancelledError:
+            # Whoever waited gave up first (shutdown's deadline): drop it all the same.
+            self._drop()
+            raise
         finally:
             self._closed.set()
 
@@ -324,8 +334,12 @@ class WsConnection:
                 await old.stop()
             self._reply(Unsubscribed(thread_id=command.thread_id, ref=ref))
         elif isinstance(command, Cancel):
-            run_id, status = await runner.cancel(self.user_id, command.run_id, command.thread_id)
-            self._reply(CancelAccepted(run_id=run_id, status=str(status), ref=ref))
+            result = await runner.cancel(self.user_id, command.run_id, command.thread_id)
+            # Queued with nothing awaited since the runner decided, so it goes
+            # out before the run's terminal event (which is not committed yet).
+            self._reply(CancelAccepted(run_id=result.run_id, status=str(result.status), ref=ref))
+            if result.status in _CANCELLING:
+                await self._forward_terminal(result)
         elif isinstance(command, Ping):
             self._reply(Pong(ref=ref))
         else:  # pragma: no cover - the parser only returns the types above
@@ -350,12 +364,50 @@ class WsConnection:
         if ticket.thread_id not in self._subs and not self._closing:
             self._start(await self._follow(ticket.thread_id, ticket.after_seq, ticket.epoch))
 
+    async def _forward_terminal(self, result: CancelResult) -> None:
+        """After ``cancel_accepted``: make sure the run's terminal event follows it.
+
+        A subscription to the thread carries it. Without one, a
+        :class:`TerminalForward` follows the thread from the position the
+        cancel returned (before that event) and forwards only it; one per run,
+        however often it is cancelled.
+        """
+        if result.thread_id in self._subs or result.run_id in self._forwards or self._closing:
+            return
+        follower = await self._engine.bridge.follow(
+            result.thread_id, result.after_seq, result.epoch
+        )
+        if self._closing:
+            await follower.aclose()
+            return
+        forward = TerminalForward(
+            result.run_id,
+            result.thread_id,
+            follower,
+            outbox=self._outbox,
+            bridge=self._engine.bridge,
+            batch_size=self._batch_size,
+            fail=self.fail,
+        )
+        self._forwards[result.run_id] = forward
+        forward.task = self._spawn(self._run_forward(forward), f"forward:{result.run_id}")
+
+    async def _run_forward(self, forward: TerminalForward) -> None:
+        try:
+            await forward.run()
+        finally:
+            if self._forwards.get(forward.run_id) is forward:
+                del self._forwards[forward.run_id]
+
     async def _follow(self, thread_id: str, after_seq: int, epoch: str | None) -> Subscription:
         """A new subscription, replacing any existing one for the thread atomically.
 
         The new follower starts before the old subscription stops, and what the
         old one queued but did not send is dropped, so the client sees the old
         stream end, then the reply, then the new stream: never both at once.
+        Forwards of terminal events in the thread hand over to it (an event at
+        or before its start is queued first, one after it is the
+        subscription's), so none is lost or sent twice.
         """
         bridge = self._engine.bridge
         follower = await bridge.follow(thread_id, after_seq, epoch)
@@ -364,6 +416,9 @@ class WsConnection:
             old = self._subs.pop(thread_id, None)
             if old is not None:
                 await old.stop()
+            for forward in [f for f in self._forwards.values() if f.thread_id == thread_id]:
+                del self._forwards[forward.run_id]
+                await forward.settle(follower.start.after_seq)
         except BaseException:
             await follower.aclose()
             raise
@@ -406,6 +461,11 @@ class WsConnection:
             if frame.events:
                 bridge.observe_delivery(frame.events)
 
+    def _drop(self) -> None:
+        """Stop serving a socket that cannot be closed cleanly (the server drops it)."""
+        if self._reader is not None and self._reader is not asyncio.current_task():
+            self._reader.cancel()
+
     async def _expire(self, expires_at: float) -> None:
         await asyncio.sleep(max(0.0, expires_at - time.time()))
         self.fail(CloseCode.UNAUTHORIZED, "token expired")
@@ -416,6 +476,8 @@ class WsConnection:
             running = sub is not None and sub.task is not None and not sub.task.done()
             if running and sub is not None and sub.sent_seq < head:
                 return False
+        if not all(forward.done for forward in self._forwards.values()):
+            return False  # a cancelled run's terminal event is still to be forwarded
         return self._outbox.empty
 
     @property
@@ -448,6 +510,10 @@ class WsConnection:
         self._subs.clear()
         for sub in subs:
             await sub.stop()
+        forwards = list(self._forwards.values())
+        self._forwards.clear()
+        for forward in forwards:
+            await forward.stop()
         tasks = [t for t in self._tasks if t is not current and t is not self._close_task]
         for task in tasks:
             task.cancel()

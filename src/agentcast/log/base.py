@@ -13,7 +13,7 @@ notification after commit, which Redis pub/sub can deliver to other processes.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -164,6 +164,9 @@ class EventLog(Protocol):
         Raises:
             LogUnavailable: nothing was committed (the caller may retry the same
                 drafts; idempotence makes that safe).
+            AppendRejected: nothing was committed and retrying the same drafts
+                would fail the same way (a constraint, a bad value, a
+                projector that raised): fail this call only.
         """
         ...
 
@@ -185,4 +188,14 @@ class EventLog(Protocol):
 
     async def trim(self, thread_id: str, before_seq: int) -> int:
         """Delete events with ``seq < before_seq``; keep the epoch. Returns how many."""
+        ...
+
+    def add_commit_listener(self, listener: Callable[[Sequence[StoredEvent]], None]) -> None:
+        """Run ``listener(events)`` on the event loop after each commit of new events.
+
+        It runs before any follower can see the events: state it records
+        (the runner frees a thread's slot at its run's terminal event) holds
+        for anyone who reacts to them. It must not block; an exception is
+        logged and does not stop delivery.
+        """
         ...

@@ -10,7 +10,9 @@ An append runs without awaiting anything, so within the event loop it is
 atomic: seqs are contiguous per thread whatever the concurrency, and the
 optional ``projector`` sees each batch before it becomes visible — if the
 projector raises, nothing is stored (the in-memory store uses this to commit
-a run's status with its terminal event, invariant 3).
+a run's status with its terminal event, invariant 3) and the caller gets
+:class:`~agentcast.errors.AppendRejected` (the exception chained), as with
+the SQLite log: retrying the same events would fail the same way.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from ..errors import LogUnavailable
+from ..errors import AppendRejected, LogUnavailable
 from ..events import encode_envelope
 from .base import EventDraft, EventLog, StoredEvent, StreamInfo, resolve_start
 from .follower import StreamFollower
-from .tail import DEFAULT_TAIL_EVENTS, DEFAULT_TAIL_THREADS, Tail
+from .tail import DEFAULT_TAIL_EVENTS, DEFAULT_TAIL_THREADS, CommitListener, Tail
 
 __all__ = ["MemoryLog", "MemoryProjector", "stored_event"]
 
@@ -90,7 +92,11 @@ class MemoryLog:
         self._tail.close()
 
     async def append(self, drafts: Sequence[EventDraft]) -> list[StoredEvent]:
-        """Store ``drafts`` atomically, in order; see ``EventLog.append``."""
+        """Store ``drafts`` atomically, in order; see ``EventLog.append``.
+
+        Raises:
+            AppendRejected: the projector raised; nothing was stored.
+        """
         self._check_open()
         stored: list[StoredEvent] = []
         new: list[StoredEvent] = []
@@ -115,7 +121,13 @@ class MemoryLog:
         if not new:
             return stored
         if self._projector is not None:
-            self._projector(new)  # raising here leaves nothing stored
+            try:
+                self._projector(new)  # raising here leaves nothing stored
+            except LogUnavailable:
+                raise  # transient by its own account: the caller retries
+            except Exception as exc:
+                # The same events would fail the same way: permanent for this call.
+                raise AppendRejected(f"the append was rejected: {exc!r}") from exc
         for event in new:
             self._stream(event.thread_id).events.append(event)
             self._by_id[event.event_id] = event
@@ -164,6 +176,10 @@ class MemoryLog:
         stream.first_seq = cutoff
         self._tail.trim(thread_id, cutoff)
         return count
+
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        """Run ``listener(events)`` after each commit, before any follower sees the events."""
+        self._tail.add_commit_listener(listener)
 
     # Private methods
 

@@ -24,8 +24,21 @@ database, shared with the store (:mod:`agentcast.db.schema`).
   cache of stream infos that every commit callback advances; only a miss
   reads the database. Values only ever move forward (``last_seq`` and
   ``first_seq`` are merged with ``max``), so a read that raced a commit can
-  never move a stream back. A reconnect storm — thousands of ``subscribe``
-  with ``after_seq`` — then costs no database round trip for the position.
+  never move a stream back. A miss is the one case the commit callback cannot
+  reach (nothing is cached yet), so while a look-up of a thread is in flight
+  the callbacks record that thread's committed head and trim, and the
+  look-up merges them before caching: a commit landing during the read is
+  never lost. A reconnect storm — thousands of ``subscribe`` with
+  ``after_seq`` — then costs no database round trip for the position.
+* **Transient or permanent.** A failed append raises
+  :class:`~agentcast.errors.LogUnavailable` when retrying may succeed (the
+  database is busy, full or failing — ``sqlite3.OperationalError`` — or the
+  group's ``BEGIN``/``COMMIT`` failed) and
+  :class:`~agentcast.errors.AppendRejected` when the same events would fail
+  the same way (a constraint or a bad value — ``IntegrityError``,
+  ``DataError``, ``ProgrammingError``, ``InterfaceError`` — or any other
+  exception from the projector): the bridge retries the first and fails only
+  that emit on the second, so one bad event never stalls every run.
 """
 
 from __future__ import annotations
@@ -39,12 +52,12 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
-from ..db.sqlite import SqliteDatabase
-from ..errors import LogUnavailable
+from ..db.sqlite import SqliteDatabase, WriteOutcomeUnknown
+from ..errors import AppendRejected, LogUnavailable
 from .base import EventDraft, EventLog, StoredEvent, StreamInfo, resolve_start
 from .follower import StreamFollower
 from .memory import stored_event
-from .tail import DEFAULT_TAIL_EVENTS, DEFAULT_TAIL_THREADS, Tail
+from .tail import DEFAULT_TAIL_EVENTS, DEFAULT_TAIL_THREADS, CommitListener, Tail
 
 __all__ = ["SqliteLog", "SqliteProjector", "new_epoch"]
 
@@ -58,11 +71,37 @@ _STREAM: Final = "SELECT epoch, first_seq, last_seq FROM streams WHERE thread_id
 _ID_CHUNK: Final = 500  # stay far below SQLite's bound on query parameters
 #: Stream infos kept in memory (least recently used evicted; a miss reads the database).
 DEFAULT_INFO_THREADS: Final = 100_000
+#: SQLite errors that a retry of the same append would meet again.
+_REJECTED: Final = (
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.ProgrammingError,
+    sqlite3.InterfaceError,
+    sqlite3.NotSupportedError,
+)
 
 
 def new_epoch() -> str:
     """A fresh random epoch token (64 bits, hex)."""
     return os.urandom(8).hex()
+
+
+@dataclass(slots=True)
+class _Lookup:
+    """What commits told us about a thread while its stream row was being read.
+
+    The commit callbacks only move cached infos; a thread being looked up is
+    not cached yet, so they record here instead and the look-up merges it.
+    """
+
+    #: ``info`` calls of this thread waiting for the database.
+    waiting: int = 0
+    #: Highest ``first_seq`` set by a trim committed meanwhile (0: none).
+    first_seq: int = 0
+    #: Highest ``seq`` committed meanwhile (0: none).
+    last_seq: int = 0
+    #: A write of this thread ended with an unknown outcome: do not cache.
+    uncertain: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +152,7 @@ class SqliteLog:
         self._tail = Tail(tail_events_per_thread, tail_threads)
         self._infos: OrderedDict[str, StreamInfo] = OrderedDict()
         self._max_infos = info_threads
+        self._lookups: dict[str, _Lookup] = {}
         self._closed = False
         self._pending: list[tuple[list[EventDraft], asyncio.Future[list[StoredEvent]]]] = []
         self._flush_scheduled = False
@@ -150,7 +190,10 @@ class SqliteLog:
         """Durably append ``drafts`` in one transaction; see ``EventLog.append``.
 
         Raises:
-            LogUnavailable: nothing was committed; retrying is safe.
+            LogUnavailable: nothing was committed, or (the writer thread died
+                with it in flight) maybe it was; retrying is safe either way.
+            AppendRejected: nothing was committed and retrying the same
+                drafts would fail the same way.
         """
         self._check_open()
         if not drafts:
@@ -192,10 +235,25 @@ class SqliteLog:
         def lookup(conn: sqlite3.Connection) -> Any:
             return conn.execute(_STREAM, (thread_id,)).fetchone()
 
-        row = await self._db.read(lookup)
-        if row is None:
-            row = await self._write(partial(_get_or_create, thread_id))
-        return self._remember(thread_id, StreamInfo(*row))
+        # Commits that land while we wait are recorded in ``pending`` (see
+        # ``_advance``): the row we get may predate them.
+        pending = self._lookups.get(thread_id)
+        if pending is None:
+            pending = self._lookups[thread_id] = _Lookup()
+        pending.waiting += 1
+        try:
+            row = await self._db.read(lookup)
+            if row is None:
+                row = await self._write(partial(_get_or_create, thread_id))
+        finally:
+            pending.waiting -= 1
+            if pending.waiting == 0 and self._lookups.get(thread_id) is pending:
+                del self._lookups[thread_id]
+        epoch, first_seq, last_seq = row
+        info = StreamInfo(epoch, max(first_seq, pending.first_seq), max(last_seq, pending.last_seq))
+        if pending.uncertain:
+            return info  # a write of unknown outcome: answer, but let the next call re-read
+        return self._remember(thread_id, info)
 
     async def follow(
         self, thread_id: str, after_seq: int = 0, epoch: str | None = None
@@ -232,9 +290,16 @@ class SqliteLog:
                 cached = self._infos.get(thread_id)
                 if cached is not None and cached.first_seq < result[1]:
                     self._infos[thread_id] = StreamInfo(cached.epoch, result[1], cached.last_seq)
+                pending = self._lookups.get(thread_id)
+                if pending is not None and pending.first_seq < result[1]:
+                    pending.first_seq = result[1]
 
         deleted, _ = await self._write(op, on_commit=on_commit)
         return int(deleted)
+
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        """Run ``listener(events)`` after each commit, before any follower sees the events."""
+        self._tail.add_commit_listener(listener)
 
     # Private methods
 
@@ -246,25 +311,31 @@ class SqliteLog:
         futures = [future for _, future in batch]
         # Submitted right here, not from a new task: one event-loop iteration
         # less between an append and its commit (the hot path).
+        batches = [drafts for drafts, _ in batch]
         try:
             written = self._db.submit(
-                partial(self._append_op, [drafts for drafts, _ in batch]),
+                partial(self._append_op, batches),
                 on_commit=partial(self._on_appended, futures),
             )
         except BaseException as exc:
             self._fail_callers(futures, exc)
             return
         self._flushes.add(written)
-        written.add_done_callback(partial(self._flushed, futures))
+        written.add_done_callback(partial(self._flushed, futures, batches))
 
     def _flushed(
-        self, futures: list[asyncio.Future[list[StoredEvent]]], written: asyncio.Future[Any]
+        self,
+        futures: list[asyncio.Future[list[StoredEvent]]],
+        batches: list[list[EventDraft]],
+        written: asyncio.Future[Any],
     ) -> None:
         """Resolve every caller of one merged op, whatever happened to it."""
         self._flushes.discard(written)
         if written.cancelled():
             self._fail_callers(futures, LogUnavailable("the append was cancelled"))
         elif (exc := written.exception()) is not None:
+            if isinstance(exc, WriteOutcomeUnknown):
+                self._resync({d.thread_id: None for drafts in batches for d in drafts})
             self._fail_callers(futures, exc)
         for future in futures:  # only if on_commit itself failed
             if not future.done():
@@ -413,13 +484,44 @@ class SqliteLog:
         return info
 
     def _advance(self, events: list[StoredEvent]) -> None:
-        """Move cached heads past committed events (on the loop, in commit order)."""
+        """Move cached heads past committed events (on the loop, in commit order).
+
+        A thread being looked up is not cached yet: its head is recorded for
+        the look-up to merge, or the look-up would cache a row read before
+        this commit (a resuming client at the real head would then be told
+        ``recovered: false`` and replay everything).
+        """
         heads = {event.thread_id: event.seq for event in events}  # seq order per thread
         infos = self._infos
+        lookups = self._lookups
         for thread_id, seq in heads.items():
             cached = infos.get(thread_id)
             if cached is not None and cached.last_seq < seq:
                 infos[thread_id] = StreamInfo(cached.epoch, cached.first_seq, seq)
+            if lookups:
+                pending = lookups.get(thread_id)
+                if pending is not None and pending.last_seq < seq:
+                    pending.last_seq = seq
+
+    def _resync(self, thread_ids: Iterable[str]) -> None:
+        """Forget what we hold about threads whose write may have committed unseen.
+
+        The writer died with the write in flight: if it committed, no commit
+        callback ran, so the cached head and the tail may be behind the
+        database. Forgetting them sends the next ``info`` and every follower
+        to the database; waking the followers lets them find such events now
+        instead of at the thread's next commit (a retried append finds them
+        stored and publishes nothing).
+        """
+        threads = list(thread_ids)
+        for thread_id in threads:
+            self._infos.pop(thread_id, None)
+            self._tail.forget(thread_id)
+            pending = self._lookups.get(thread_id)
+            if pending is not None:
+                pending.uncertain = True
+        for thread_id in threads:
+            self._tail.notify(thread_id)
 
     def _is_closed(self) -> bool:
         return self._closed
@@ -430,12 +532,30 @@ class SqliteLog:
 
 
 def _as_log(exc: BaseException) -> BaseException:
-    """SQLite errors become ``LogUnavailable`` (nothing was committed); others pass."""
-    if isinstance(exc, sqlite3.Error):
+    """What one append call's failure means to its caller: retry it, or give it up.
+
+    ``LogUnavailable`` (retry) for the database's own trouble — an
+    ``OperationalError`` (I/O, full, locked, …) or any other SQLite error
+    that is not about the statement — and for the group's ``BEGIN``/``COMMIT``
+    (already a ``LogUnavailable``). ``AppendRejected`` for what a retry would
+    meet again: a constraint, a bad value or API misuse, or any non-SQLite
+    exception (the projector's, an event that cannot be encoded). The bridge
+    retries a ``LogUnavailable`` for ever, so getting this wrong stalls every
+    run behind one bad event. Cancellation and exits pass unchanged.
+    """
+    if isinstance(exc, LogUnavailable | AppendRejected):
+        return exc
+    error: Exception
+    if isinstance(exc, _REJECTED) or (
+        isinstance(exc, Exception) and not isinstance(exc, sqlite3.Error)
+    ):
+        error = AppendRejected(f"the append was rejected: {exc!r}")
+    elif isinstance(exc, sqlite3.Error):
         error = LogUnavailable(f"append failed: {exc}")
-        error.__cause__ = exc
-        return error
-    return exc
+    else:
+        return exc
+    error.__cause__ = exc
+    return error
 
 
 def _unavailable(exc: BaseException) -> LogUnavailable:

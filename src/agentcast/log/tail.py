@@ -21,12 +21,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 
 from .base import StoredEvent
 
-__all__ = ["DEFAULT_TAIL_BYTES", "DEFAULT_TAIL_EVENTS", "DEFAULT_TAIL_THREADS", "Tail"]
+__all__ = [
+    "DEFAULT_TAIL_BYTES",
+    "DEFAULT_TAIL_EVENTS",
+    "DEFAULT_TAIL_THREADS",
+    "CommitListener",
+    "Tail",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Called with each committed batch, on the event loop, before any follower sees it.
+CommitListener = Callable[[Sequence[StoredEvent]], None]
 
 DEFAULT_TAIL_EVENTS = 1024
 DEFAULT_TAIL_THREADS = 10_000
@@ -83,12 +95,22 @@ class Tail:
         #: Persistent per-thread callbacks run at every notify (live followers
         #: that take committed events synchronously, without a task wake-up).
         self._listeners: dict[str, list[Callable[[], None]]] = {}
+        self._commit_listeners: list[CommitListener] = []
         self._closed = False
 
     # Public methods: events
 
     def publish(self, events: Sequence[StoredEvent]) -> None:
-        """Add committed events (seq order per thread) and wake their threads' followers."""
+        """Add committed events (seq order per thread) and wake their threads' followers.
+
+        Commit listeners run first, so that what they record (a run's slot
+        freed by its terminal event) holds before anyone can see the events.
+        """
+        for listener in self._commit_listeners:
+            try:
+                listener(events)
+            except Exception:
+                logger.exception("a commit listener failed; delivery goes on")
         touched: dict[str, None] = {}
         for event in events:
             self._push(event)
@@ -175,20 +197,33 @@ class Tail:
             del self._waiters[thread_id]
 
     def notify(self, thread_id: str) -> None:
-        """Wake every waiter of ``thread_id`` and run its listeners."""
+        """Wake every waiter of ``thread_id`` and run its listeners.
+
+        A listener that raises is logged and skipped: the others, and the
+        threads notified after this one in the same batch, still get the
+        events (one broken connection must not stall everyone else).
+        """
         waiters = self._waiters.pop(thread_id, None)
         if waiters:
             _wake(waiters)
         listeners = self._listeners.get(thread_id)
         if listeners:
-            for listener in tuple(listeners):
-                listener()
+            _run_listeners(thread_id, tuple(listeners))
+
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        """Run ``listener(events)`` with every published batch, before followers see it.
+
+        It runs synchronously on the event loop right after the commit: it
+        must not block. An exception is logged and does not stop delivery.
+        """
+        self._commit_listeners.append(listener)
 
     def add_listener(self, thread_id: str, listener: Callable[[], None]) -> None:
         """Run ``listener()`` at every :meth:`notify` of ``thread_id`` (and at close).
 
         A listener runs synchronously inside :meth:`publish` (after the
-        commit): it must not raise and must not block. Remove it with
+        commit): it must not block, and should not raise (an exception is
+        logged and the other listeners still run). Remove it with
         :meth:`remove_listener`.
         """
         self._listeners.setdefault(thread_id, []).append(listener)
@@ -209,14 +244,16 @@ class Tail:
         return self._closed
 
     def close(self) -> None:
-        """Wake every waiter and listener of every thread; later waiters resolve at once."""
+        """Wake every waiter and listener of every thread; later waiters resolve at once.
+
+        As in :meth:`notify`, a listener that raises is logged and skipped.
+        """
         self._closed = True
         waiters, self._waiters = self._waiters, {}
         for group in waiters.values():
             _wake(group)
-        for listeners in list(self._listeners.values()):
-            for listener in tuple(listeners):
-                listener()
+        for thread_id, listeners in list(self._listeners.items()):
+            _run_listeners(thread_id, tuple(listeners))
 
     def reopen(self) -> None:
         """Undo :meth:`close` (the backend is open again)."""
@@ -271,6 +308,14 @@ class Tail:
             _, evicted = self._threads.popitem(last=False)
             self._nbytes -= evicted.nbytes
         return entry
+
+
+def _run_listeners(thread_id: str, listeners: Iterable[Callable[[], None]]) -> None:
+    for listener in listeners:
+        try:
+            listener()
+        except Exception:
+            logger.exception("a listener of thread %s failed; the others still run", thread_id)
 
 
 def _wake(waiters: Iterable[asyncio.Future[None]]) -> None:

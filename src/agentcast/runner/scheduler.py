@@ -84,10 +84,14 @@ class Scheduler(Generic[T]):
 
     # Changes --------------------------------------------------------------------------
 
-    def check_admission(self, user_id: str, thread_id: str, *, thread_busy: bool) -> None:
+    def check_admission(
+        self, user_id: str, thread_id: str, *, thread_busy: bool, replacing: int = 0
+    ) -> None:
         """Raise :class:`LimitExceeded` if a new run of ``user_id`` may not wait.
 
         A run that can start at once never counts against the queue bounds.
+        ``replacing`` is how many of the thread's queued runs the new one
+        replaces (an ``interrupt``): they leave the line, so they do not count.
         """
         would_wait = (
             thread_busy
@@ -96,9 +100,10 @@ class Scheduler(Generic[T]):
         )
         if not would_wait:
             return
-        if self._user_queued[user_id] >= self.max_queued_per_user:
+        if self._user_queued[user_id] - replacing >= self.max_queued_per_user:
             raise LimitExceeded(f"at most {self.max_queued_per_user} runs may wait per user")
-        if thread_busy and len(self.queued_in_thread(thread_id)) >= self.max_queued_per_thread:
+        in_thread = len(self.queued_in_thread(thread_id)) - replacing
+        if thread_busy and in_thread >= self.max_queued_per_thread:
             raise LimitExceeded(f"at most {self.max_queued_per_thread} runs may wait per thread")
 
     def enqueue(self, slot: Slot[T]) -> None:

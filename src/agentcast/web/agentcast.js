@@ -65,13 +65,25 @@ export const EVENT_TYPES = Object.freeze([
 /** The events that end a run: every run has exactly one. */
 export const TERMINAL_TYPES = Object.freeze(["agent_completed", "agent_error", "agent_cancelled"]);
 
-/** Error codes the client itself produces (the server's are in PROTOCOL.md). */
+/** The control frames a server sends; anything else is an event (it has `v` and `seq`). */
+export const CONTROL_TYPES = Object.freeze([
+  "connection_established",
+  "run_accepted",
+  "subscribed",
+  "unsubscribed",
+  "cancel_accepted",
+  "pong",
+  "error",
+]);
+
+/** Error codes the client itself produces (the server's are in docs/protocol.md). */
 export const ClientErrorCode = Object.freeze({
   DISCONNECTED: "disconnected",
   TIMEOUT: "timeout",
   CLOSED: "closed",
   UNAUTHORIZED: "unauthorized",
   HTTP: "http_error",
+  BAD_FRAME: "bad_frame",
 });
 
 /**
@@ -213,17 +225,61 @@ export function backoffDelay(attempt, options = {}, random = Math.random) {
 }
 
 /**
+ * Whether a decoded frame is an event: events carry `v` and `seq`, control frames neither.
+ * @param {Record<string, any>} frame
+ */
+function isEvent(frame) {
+  return "v" in frame || "seq" in frame;
+}
+
+/**
+ * Why an item cannot be delivered as an event, or "" if it can. Unknown fields
+ * and unknown types are fine; what is needed is a place in a thread's stream.
+ * @param {unknown} item
+ * @returns {string}
+ */
+export function eventProblem(item) {
+  if (!item || typeof item !== "object" || Array.isArray(item)) return "an event that is not an object";
+  const e = /** @type {Record<string, any>} */ (item);
+  if (!Number.isInteger(e.seq) || e.seq < 1) return "an event without an integer seq";
+  if (typeof e.thread_id !== "string" || typeof e.type !== "string") {
+    return `event ${e.seq} without a thread_id or a type`;
+  }
+  return "";
+}
+
+/**
+ * Why a single (non-array) frame cannot be read, or "" if it can.
+ * @param {unknown} frame
+ */
+function frameProblem(frame) {
+  if (!frame || typeof frame !== "object") return "neither an object nor an array";
+  const f = /** @type {Record<string, any>} */ (frame);
+  if (isEvent(f)) return eventProblem(f);
+  if (!CONTROL_TYPES.includes(f.type)) return `an unknown frame type ${JSON.stringify(f.type)}`;
+  return "";
+}
+
+/**
  * A live connection to agentcast for one user: requests, typed events,
  * automatic reconnect and exactly-once resume.
  *
  * Listen with {@link AgentcastClient#on}:
- * - `"event"` — every {@link AgentEvent}, once, in seq order per thread;
- * - an event type (`"agent_started"`, `"tool_completed"`, …) — only those events;
+ * - `"event"` — every {@link AgentEvent}, once, in seq order per thread; an event
+ *   of a type this version does not know (a later server's) is delivered here too,
+ *   as the server sent it, and moves the position like any other;
+ * - an event type of {@link EVENT_TYPES} (`"agent_started"`, `"tool_completed"`, …) —
+ *   only those events;
  * - `"state"` — a {@link StateChange};
  * - `"resync"` — a {@link Resync};
  * - `"connected"` — {@link ConnectionInfo} on every (re)connection;
  * - `"error"` — an {@link AgentcastError} that answers no request;
  * - `"unauthorized"` — the server refused the credentials (close 4401): no more reconnects.
+ *
+ * Additions by a later server are tolerated (unknown fields, unknown event types),
+ * but nothing is skipped silently: a frame that cannot be read at all (not JSON, an
+ * event without `seq`/`thread_id`/`type`, an unknown control frame) might have held
+ * an event, so the client emits `error` with code `bad_frame` and closes for good.
  */
 export class AgentcastClient {
   /** @type {Required<Pick<ClientOptions, "auth"|"batch"|"autoReconnect"|"requestTimeoutMs"|"pingIntervalMs"|"storageKey"|"watchNetwork">> & ClientOptions} */
@@ -235,8 +291,10 @@ export class AgentcastClient {
   #listeners = new Map();
   /**
    * Per thread: the position delivered so far, whether the caller wants it
-   * subscribed, and the callers waiting for its `subscribed`.
+   * subscribed, the seqs delivered while it was not (`aside`: they do not move
+   * the position) and the callers waiting for its `subscribed`.
    * @type {Map<string, {epoch: string|null, seq: number, wanted: boolean, live: boolean,
+   *   aside: Set<number>,
    *   waiters: {resolve: (s: Subscribed) => void, reject: (e: Error) => void}[]}>}
    */
   #threads = new Map();
@@ -404,6 +462,7 @@ export class AgentcastClient {
     if (from.afterSeq !== undefined) {
       thread.seq = from.afterSeq;
       thread.epoch = from.epoch ?? null;
+      thread.aside.clear(); // a restart: every event after afterSeq is delivered again
     } else if (from.epoch !== undefined) {
       thread.epoch = from.epoch;
     }
@@ -701,19 +760,37 @@ export class AgentcastClient {
     try {
       frame = JSON.parse(typeof data === "string" ? data : String(data));
     } catch {
-      this.#emit("error", new AgentcastError("bad_json", "the server sent a frame that is not JSON"));
+      this.#badFrame("not JSON");
       return;
     }
-    for (const item of Array.isArray(frame) ? frame : [frame]) {
-      if (this.#ws !== ws) return; // a listener closed or dropped the connection
-      if (item && typeof item === "object") this.#onFrame(item);
+    const items = Array.isArray(frame) ? frame : [frame];
+    // Checked before any item is delivered: a bad batch delivers nothing of it.
+    const why = Array.isArray(frame) ? items.map(eventProblem).find(Boolean) : frameProblem(frame);
+    if (why) {
+      this.#badFrame(why);
+      return;
     }
+    for (const item of items) {
+      if (this.#ws !== ws) return; // a listener closed or dropped the connection
+      this.#onFrame(item);
+    }
+  }
+
+  /**
+   * A frame that cannot be read may have held an event: going on would leave a
+   * silent gap, so the client stops, loudly.
+   * @param {string} why
+   */
+  #badFrame(why) {
+    const message = `the server sent a frame that cannot be read: ${why}`;
+    this.#emit("error", new AgentcastError(ClientErrorCode.BAD_FRAME, message));
+    this.#shutdown(ClientErrorCode.BAD_FRAME, message);
   }
 
   /** @param {Record<string, any>} frame */
   #onFrame(frame) {
     this.#awaitingPong = false; // any frame proves the connection is alive
-    if (typeof frame.seq === "number" && typeof frame.thread_id === "string" && "event_id" in frame) {
+    if (isEvent(frame)) {
       this.#onEvent(/** @type {AgentEvent} */ (frame));
       return;
     }
@@ -793,6 +870,7 @@ export class AgentcastClient {
     if (frame.recovered === false) {
       // No silent gap: restart where the server says, and tell the caller.
       thread.seq = frame.after_seq ?? 0;
+      thread.aside.clear();
     }
     thread.live = true;
     const subscribed = /** @type {Subscribed} */ ({ ...frame, thread_id: threadId });
@@ -848,15 +926,25 @@ export class AgentcastClient {
   /** @param {AgentEvent} event */
   #onEvent(event) {
     const thread = this.#thread(event.thread_id);
-    if (event.seq <= thread.seq) {
+    if (event.seq <= thread.seq || thread.aside.has(event.seq)) {
       this.#stats.duplicates += 1; // already delivered: exactly once to the caller
       return;
     }
-    thread.seq = event.seq;
+    if (thread.wanted) {
+      thread.seq = event.seq;
+      for (const seq of thread.aside) if (seq <= event.seq) thread.aside.delete(seq);
+      this.#savePositions();
+    } else {
+      // A thread this client does not follow: the terminal event of a run it
+      // cancelled. Delivered, but it does not move the position, so a later
+      // subscribe still gets every event before it (and not this one twice).
+      thread.aside.add(event.seq);
+    }
     this.#stats.delivered += 1;
-    this.#savePositions();
     this.#emit("event", event);
-    this.#emit(event.type, event);
+    // Only known types get a listener of their own: a later server's type must
+    // never reach listeners of another kind ("error", "state", …).
+    if (EVENT_TYPES.includes(event.type)) this.#emit(event.type, event);
   }
 
   // Requests
@@ -974,7 +1062,7 @@ export class AgentcastClient {
   #thread(threadId, position) {
     let thread = this.#threads.get(threadId);
     if (!thread) {
-      thread = { epoch: null, seq: 0, wanted: false, live: false, waiters: [] };
+      thread = { epoch: null, seq: 0, wanted: false, live: false, aside: new Set(), waiters: [] };
       this.#threads.set(threadId, thread);
     }
     if (position) {

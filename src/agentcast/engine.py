@@ -15,6 +15,7 @@ agentcast depends on it: every component takes its collaborators explicitly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from types import TracebackType
 
 from .agents import AgentRegistry, builtin_registry
@@ -96,11 +97,15 @@ class Engine:
                     await self.db.close()
                 return
             self._started = False
-            await self.runner.shutdown(grace_s)
-            await self.bridge.close()
-            await self.store.close()
-            if self.db is not None:
-                await self.db.close()
+            # Each step runs whatever the one before it raised (the stack closes
+            # last-in first-out): a failure never leaves the log or the data
+            # directory held.
+            async with contextlib.AsyncExitStack() as closing:
+                if self.db is not None:
+                    closing.push_async_callback(self.db.close)
+                closing.push_async_callback(self.store.close)
+                closing.push_async_callback(self.bridge.close)
+                await self.runner.shutdown(grace_s)
 
     async def __aenter__(self) -> Engine:
         await self.start()

@@ -80,7 +80,7 @@ async def test_timeout_ends_the_run_and_its_open_tool_call(make_engine: EngineFa
 
 def slow_terminal_writes(engine: Engine, delay: float) -> None:
     """Terminal events become durable at once, but their caller hears of it ``delay`` later."""
-    real_emit = engine.runner._emit
+    real_emit = engine.runner.executor.emit
 
     async def emit(record: RunRecord, event_type: str, data: dict[str, Any]) -> StoredEvent:
         stored = await real_emit(record, event_type, data)
@@ -88,7 +88,7 @@ def slow_terminal_writes(engine: Engine, delay: float) -> None:
             await asyncio.sleep(delay)
         return stored
 
-    engine.runner._emit = emit  # type: ignore[method-assign]
+    engine.runner.executor.emit = emit  # type: ignore[method-assign]
 
 
 @pytest.mark.parametrize("cause", ["timeout", "cancel"])

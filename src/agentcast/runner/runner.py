@@ -1,19 +1,12 @@
-"""The runner: executes runs with limits, timeouts, cancellation and recovery.
+"""The runner: which runs may start and when; cancellation; shutdown; recovery.
 
-A top-level run lives in its own task. A sub-run (``ctx.delegate``) runs in
-the task that called ``delegate`` — its parent's, or one the agent made with
-``gather`` or ``create_task``. Either way it is a child of its parent in the
-run tree (:mod:`agentcast.runner.state`), so cancelling or timing out the
-parent reaches the sub-run first, and a parent winds up only after every
-child has written its terminal event.
-
-Every path out of a run — return, exception, timeout, cancellation, shutdown
-— emits exactly one terminal event; a process that dies leaves its runs
-``running`` and :mod:`agentcast.runner.recovery` ends them on the next start.
-The steps that must not be cut in half by a cancellation — ``agent_started``,
-winding up, the terminal event, creating a sub-run's row — run to their end
-(:func:`~agentcast.runner.state.finish_anyway`); the cancellation is acted on
-after them.
+It admits runs under the per-thread, per-user and global limits
+(:mod:`agentcast.runner.scheduler`), starts each top-level run in its own task,
+cancels runs and sub-runs, ends queued runs, and shuts down in bounded time.
+Executing a run — from ``agent_started`` to exactly one terminal event, with
+its sub-runs — is :mod:`agentcast.runner.execution`'s part. A process that
+dies leaves its runs ``running``, and :mod:`agentcast.runner.recovery` ends
+them on the next start.
 
 **A thread takes its next run at once.** A run's thread slot and its user's
 running slot are freed by a commit listener of the event log when the run's
@@ -30,26 +23,26 @@ from collections import deque
 from collections.abc import Coroutine, Sequence
 from typing import Any, Final, Literal
 
-import msgspec
-
-from ..agents import (
-    AgentRegistry,
-    AgentSettings,
-    RunContext,
-    SubRunCancelled,
-    SubRunFailed,
-    result_text,
-)
-from ..agents.sanitize import sanitize_error
+from ..agents import AgentRegistry, AgentSettings
 from ..bridge import Bridge
 from ..config import EngineSettings
-from ..errors import InvalidInput, InvalidTransition, NotFound, RunActive, Unavailable
-from ..events import TERMINAL_TYPES, EventType, bounded_json
+from ..errors import InvalidInput, NotFound, RunActive, Unavailable
+from ..events import TERMINAL_TYPES, EventType
 from ..log.base import StoredEvent
 from ..store.base import NewRun, RunRecord, RunStatus, Store
 from ..types import new_run_id
+from .execution import Executor
 from .scheduler import Scheduler, Slot
-from .state import CancelResult, Outcome, RunState, RunTicket, UserLocks, finish_anyway
+from .state import (
+    CANCELLED_BY_USER,
+    INTERRUPTED,
+    SHUTTING_DOWN,
+    CancelResult,
+    RunState,
+    RunTicket,
+    UserLocks,
+    request_cancel,
+)
 
 __all__ = ["CancelResult", "OnActive", "RunState", "RunTicket", "Runner"]
 
@@ -59,13 +52,6 @@ OnActive = Literal["reject", "enqueue", "interrupt"]
 ON_ACTIVE: Final = ("reject", "enqueue", "interrupt")
 MAX_MESSAGE_CHARS: Final = 100_000
 
-# Cancellation reasons (the ``reason`` of ``agent_cancelled``).
-CANCELLED_BY_USER: Final = "cancelled by user"
-CANCELLED: Final = "cancelled"
-INTERRUPTED: Final = "interrupted by a new message"
-SHUTTING_DOWN: Final = "server shutting down"
-TIMED_OUT: Final = "timeout"
-PARENT_ENDED: Final = "parent run ended"
 #: The least time shutdown gives cancelled runs to write their terminal events.
 MIN_CANCEL_WAIT_S: Final = 5.0
 
@@ -106,6 +92,9 @@ class Runner:
         #: cancels deferred behind them; written in order by one task.
         self._endings: deque[RunState | tuple[Slot[RunState], str]] = deque()
         self._ending_task: asyncio.Task[None] | None = None
+        self.executor = Executor(
+            bridge, store, registry, self.settings, self.agent_settings, self._states
+        )
         self._accepting = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -308,10 +297,10 @@ class Runner:
     async def _run_top(self, slot: Slot[RunState]) -> None:
         state = slot.item
         try:
-            outcome = await self._execute(state)
+            outcome = await self.executor.execute(state)
             self.bridge.metrics.runs_finished.labels(status=outcome.status.value).inc()
         except Exception:
-            # _execute writes the terminal event on every path it can; only a
+            # The executor writes the terminal event on every path it can; only a
             # log that refuses it (closed at shutdown) lands here, and then
             # recovery ends the run at the next start.
             logger.exception("run %s ended without its terminal event", state.run_id)
@@ -360,7 +349,7 @@ class Runner:
         else:
             # A sub-run (cancelled alone), or a run whose terminal event is
             # being written: either way that event is still to come.
-            self._request_cancel(state, CANCELLED_BY_USER, alone=state.is_sub)
+            request_cancel(state, CANCELLED_BY_USER, alone=state.is_sub)
             status = RunStatus.RUNNING
         return CancelResult(record.run_id, record.thread_id, status, info.epoch, info.last_seq)
 
@@ -389,7 +378,7 @@ class Runner:
         if after_endings and self._endings:
             self._endings.append((slot, reason))
         else:
-            self._request_cancel(state, reason)
+            request_cancel(state, reason)
         return RunStatus.RUNNING
 
     def _drain_endings(self) -> None:
@@ -407,7 +396,10 @@ class Runner:
                     logger.exception("ending queued run %s failed", item.run_id)
             else:
                 slot, reason = item
-                self._request_cancel(slot.item, reason)
+                request_cancel(slot.item, reason)
+
+    async def _emit(self, record: RunRecord, event_type: str, data: dict[str, Any]) -> StoredEvent:
+        return await self.executor.emit(record, event_type, data)
 
     async def _end_queued(self, state: RunState) -> None:
         """A run cancelled while queued: ``agent_started`` then ``agent_cancelled``."""
@@ -420,265 +412,3 @@ class Runner:
             self.bridge.metrics.runs_finished.labels(status="cancelled").inc()
         finally:
             state.done.set()
-
-    def _request_cancel(self, state: RunState, reason: str, *, alone: bool = False) -> bool:
-        """Mark ``state`` and its subtree cancelled and cancel their tasks, once each.
-
-        The reason is recorded before any task is cancelled: the run acts on
-        it whenever the cancellation reaches it, even inside a step that
-        finishes first. Returns whether the cancel takes effect (the run had
-        not been cancelled or begun ending already).
-        """
-        if state.ending or state.cancel_reason is not None:
-            return False
-        tasks: list[asyncio.Task[Any]] = []
-
-        def mark(run: RunState, why: str) -> None:
-            if run.ending or run.cancel_reason is not None:
-                return
-            run.cancel_reason = why
-            task = run.task
-            # A task cancelled before its first step would never run its
-            # coroutine (and so never write a terminal event): until the run
-            # has begun, the reason alone is enough — it is checked there.
-            if run.started and task is not None and not task.done() and task not in tasks:
-                tasks.append(task)
-            for child in list(run.children):
-                mark(child, f"{PARENT_ENDED}: {reason}")
-
-        mark(state, reason)
-        state.cancelled_alone = alone
-        for task in tasks:
-            task.cancel()
-        return True
-
-    def _time_out(self, state: RunState) -> None:
-        if state.task is not None and not state.task.done():
-            self._request_cancel(state, TIMED_OUT)
-
-    # Executing ------------------------------------------------------------------------
-
-    async def _emit(self, record: RunRecord, event_type: str, data: dict[str, Any]) -> StoredEvent:
-        return await self.bridge.emit(
-            thread_id=record.thread_id,
-            run_id=record.run_id,
-            parent_run_id=record.parent_run_id,
-            agent=record.agent,
-            event_type=event_type,
-            data=data,
-        )
-
-    def _context(self, state: RunState) -> RunContext:
-        rec = state.record
-
-        async def emit(event_type: str, data: Any) -> StoredEvent:
-            if state.ending:  # nothing follows a terminal event
-                raise InvalidTransition(f"run {rec.run_id} has ended")
-            return await self._emit(rec, event_type, data)
-
-        return RunContext(
-            run_id=rec.run_id,
-            thread_id=rec.thread_id,
-            user_id=rec.user_id,
-            agent=rec.agent,
-            message=rec.input,
-            parent_run_id=rec.parent_run_id,
-            emit=emit,
-            delegate=self._delegate,
-            registry=self.registry,
-            settings=self.agent_settings,
-        )
-
-    async def _execute(self, state: RunState) -> Outcome:
-        """Run one (sub-)run from ``agent_started`` to exactly one terminal event.
-
-        A sub-run cancelled with its parent (or by the task that awaits it)
-        re-raises ``CancelledError`` after its ``agent_cancelled`` so that the
-        parent unwinds and ends after it; a sub-run cancelled alone returns
-        its outcome and its parent goes on.
-        """
-        rec = state.record
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        state.task = task
-        state.started = loop.time()
-        timer = None
-        if not state.is_sub:
-            timer = loop.call_later(self.settings.run_timeout_s, self._time_out, state)
-
-        def elapsed_ms() -> float:
-            return round((loop.time() - state.started) * 1000, 3)
-
-        ctx = self._context(state)
-        try:
-            try:
-                await finish_anyway(
-                    self._emit(rec, EventType.AGENT_STARTED, {"message": rec.input})
-                )
-                if state.cancel_reason is not None:
-                    raise asyncio.CancelledError  # cancelled before the agent began
-                result = await self.registry.get(rec.agent).run(ctx)
-                final, structured = result_text(result, ctx)
-                data: dict[str, Any] = {"status": "success", "final_response": final}
-                if structured is not msgspec.UNSET:
-                    data["result"] = bounded_json(structured, self.settings.max_value_bytes)
-                outcome = Outcome(RunStatus.COMPLETED, EventType.AGENT_COMPLETED, data, final)
-            except asyncio.CancelledError:
-                if state.cancel_reason is None:
-                    # Cancelled by agent code (a TaskGroup, task.cancel) or the loop closing.
-                    state.cancel_reason = CANCELLED
-                elif state.cancelled_alone and not state.ancestor_cancelled() and task:
-                    task.uncancel()  # this sub-run's own cancel: the parent goes on
-                outcome = self._cancelled(state)
-            except Exception as exc:
-                outcome = _failed(type(exc).__name__, sanitize_error(exc))
-            await finish_anyway(self._wind_up(state, ctx))
-            if outcome.status is RunStatus.COMPLETED and state.cancel_reason is not None:
-                outcome = self._cancelled(state)  # cancelled while winding up, or swallowed it
-            outcome = await self._write_terminal(state, outcome, elapsed_ms)
-        finally:
-            if timer is not None:
-                timer.cancel()
-        if state.is_sub and (
-            state.ancestor_cancelled()
-            or (outcome.status is RunStatus.CANCELLED and not state.cancelled_alone)
-        ):
-            raise asyncio.CancelledError
-        return outcome
-
-    def _cancelled(self, state: RunState) -> Outcome:
-        reason = state.cancel_reason or CANCELLED
-        if not state.is_sub and reason == TIMED_OUT:
-            message = f"the run exceeded its {self.settings.run_timeout_s:g} s limit"
-            return _failed("timeout", message)
-        return Outcome(
-            RunStatus.CANCELLED, EventType.AGENT_CANCELLED, {"reason": reason}, "", reason
-        )
-
-    async def _wind_up(self, state: RunState, ctx: RunContext) -> None:
-        """End what the agent left running, so that the terminal event comes last.
-
-        Sub-runs still running in tasks of their own are cancelled and waited
-        for (a parent ends after its children); tool calls left running are
-        cancelled (their ``tool_completed`` comes first) and pending text is
-        sent. A failure here is logged and never costs the run its terminal
-        event.
-        """
-        state.closing = True
-        while state.creating:  # sub-runs whose rows are being written join first
-            await asyncio.wait(set(state.creating))
-        children = [child for child in state.children if not child.done.is_set()]
-        for child in children:
-            self._request_cancel(child, f"{PARENT_ENDED}: {state.cancel_reason or 'it returned'}")
-        for child in children:
-            await child.done.wait()
-        try:
-            await ctx.aclose()
-        except Exception:
-            logger.exception("winding up run %s failed", state.run_id)
-
-    async def _write_terminal(self, state: RunState, outcome: Outcome, elapsed_ms: Any) -> Outcome:
-        """Write the run's one terminal event; if the log refuses it, an ``agent_error``.
-
-        A refusal is permanent for that event (a projector bug, an integrity
-        error): the run then ends with ``agent_error`` naming it, rather than
-        with no terminal event at all.
-        """
-        state.ending = True
-        data = {**outcome.data, "duration_ms": elapsed_ms()}
-        try:
-            await finish_anyway(self._emit(state.record, outcome.event_type, data))
-            return outcome
-        except Exception as exc:
-            if outcome.event_type == EventType.AGENT_ERROR:
-                raise
-            logger.exception("the terminal event of run %s was refused", state.run_id)
-            failed = _failed(type(exc).__name__, sanitize_error(exc))
-            data = {**failed.data, "duration_ms": elapsed_ms()}
-            await finish_anyway(self._emit(state.record, failed.event_type, data))
-            return failed
-        finally:
-            state.done.set()
-
-    async def _delegate(self, parent_ctx: RunContext, agent: str, message: str) -> str:
-        """Run a sub-run in the calling task and return its final response.
-
-        Raises:
-            SubRunFailed: the sub-run ended with ``agent_error``.
-            SubRunCancelled: the sub-run was cancelled by its own id.
-            NotFound: no agent of that name.
-            Unavailable: the parent run is winding up or over.
-        """
-        parent = self._states.get(parent_ctx.run_id)
-        if parent is None or parent.closing:
-            raise Unavailable("the parent run has ended")
-        if agent not in self.registry:
-            raise NotFound(f"unknown agent {agent!r}")
-        prec = parent.record
-        creating = asyncio.ensure_future(
-            self.store.create_run(
-                NewRun(new_run_id(), prec.thread_id, prec.user_id, agent, message,
-                       parent_run_id=prec.run_id)
-            )
-        )  # fmt: skip
-        made: list[RunState] = []
-
-        def register(done: asyncio.Future[tuple[RunRecord, bool]]) -> None:
-            # A done-callback, so the sub-run joins the tree the moment its row
-            # exists, before a parent winding up can look for its children. This
-            # task may resume before the callback runs (a cancel woke it first):
-            # then it registers the sub-run itself, and the callback does nothing.
-            parent.creating.discard(done)
-            if made or done.cancelled() or done.exception() is not None:
-                return
-            sub = RunState(done.result()[0], parent=parent)
-            if parent.cancel_reason is not None or parent.closing:
-                sub.cancel_reason = f"{PARENT_ENDED}: {parent.cancel_reason or 'it returned'}"
-            parent.children.add(sub)
-            self._states[sub.run_id] = sub
-            made.append(sub)
-
-        parent.creating.add(creating)
-        creating.add_done_callback(register)
-        # The row is written whatever happens to this task meanwhile: a sub-run
-        # that exists is always run to a terminal event, never left queued.
-        interrupted = False
-        while True:
-            try:
-                await asyncio.shield(creating)
-                break
-            except asyncio.CancelledError:
-                if creating.cancelled():
-                    raise
-                interrupted = True
-        register(creating)
-        sub, record = made[0], made[0].record
-        if interrupted and sub.cancel_reason is None:
-            sub.cancel_reason = f"{PARENT_ENDED}: {parent.cancel_reason or CANCELLED}"
-        try:
-            outcome = await self._execute(sub)
-        finally:
-            parent.children.discard(sub)
-            self._states.pop(record.run_id, None)
-        if interrupted or parent.cancel_reason is not None:
-            raise asyncio.CancelledError  # the parent's own cancellation, held until now
-        if outcome.status is RunStatus.CANCELLED:
-            raise SubRunCancelled(
-                f"sub-agent {agent!r} was cancelled: {outcome.error}",
-                agent=agent, run_id=record.run_id, reason=outcome.error,
-            )  # fmt: skip
-        if outcome.status is not RunStatus.COMPLETED:
-            raise SubRunFailed(
-                f"sub-agent {agent!r} failed: {outcome.error}",
-                agent=agent, run_id=record.run_id, error_type=outcome.data.get("error_type"),
-            )  # fmt: skip
-        return outcome.final_response
-
-
-def _failed(error_type: str, message: str) -> Outcome:
-    return Outcome(
-        RunStatus.FAILED,
-        EventType.AGENT_ERROR,
-        {"error_type": error_type, "message": message},
-        error=message,
-    )

@@ -14,20 +14,35 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from ..store.base import RunRecord, RunStatus
 
 __all__ = [
+    "CANCELLED",
+    "CANCELLED_BY_USER",
+    "INTERRUPTED",
+    "PARENT_ENDED",
+    "SHUTTING_DOWN",
+    "TIMED_OUT",
     "CancelResult",
     "Outcome",
     "RunState",
     "RunTicket",
     "UserLocks",
     "finish_anyway",
+    "request_cancel",
 ]
 
 T = TypeVar("T")
+
+# Cancellation reasons (the ``reason`` of ``agent_cancelled``).
+CANCELLED_BY_USER: Final = "cancelled by user"
+CANCELLED: Final = "cancelled"
+INTERRUPTED: Final = "interrupted by a new message"
+SHUTTING_DOWN: Final = "server shutting down"
+TIMED_OUT: Final = "timeout"
+PARENT_ENDED: Final = "parent run ended"
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +153,40 @@ class RunState:
                 return True
             parent = parent.parent
         return False
+
+
+def request_cancel(state: RunState, reason: str, *, alone: bool = False) -> bool:
+    """Mark ``state`` and its subtree cancelled and cancel their tasks, once each.
+
+    The reason is recorded before any task is cancelled: the run acts on it
+    whenever the cancellation reaches it, even inside a step that finishes
+    first. Sub-runs get ``parent run ended: <reason>``. ``alone`` says the
+    cancel named this sub-run itself (its parent goes on). Returns whether
+    the cancel takes effect (the run had not been cancelled or begun ending
+    already).
+    """
+    if state.ending or state.cancel_reason is not None:
+        return False
+    tasks: list[asyncio.Task[Any]] = []
+
+    def mark(run: RunState, why: str) -> None:
+        if run.ending or run.cancel_reason is not None:
+            return
+        run.cancel_reason = why
+        task = run.task
+        # A task cancelled before its first step would never run its
+        # coroutine (and so never write a terminal event): until the run has
+        # begun, the reason alone is enough — it is checked there.
+        if run.started and task is not None and not task.done() and task not in tasks:
+            tasks.append(task)
+        for child in list(run.children):
+            mark(child, f"{PARENT_ENDED}: {reason}")
+
+    mark(state, reason)
+    state.cancelled_alone = alone
+    for task in tasks:
+        task.cancel()
+    return True
 
 
 async def finish_anyway(awaitable: Awaitable[T]) -> T:

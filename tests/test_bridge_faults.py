@@ -14,24 +14,15 @@ from collections.abc import Sequence
 import pytest
 
 from agentcast.bridge import Bridge
-from agentcast.config import EngineSettings
 from agentcast.errors import AppendRejected, Unavailable
 from agentcast.lifecycle import BridgeState
 from agentcast.log.base import EventDraft, StoredEvent
 from agentcast.log.memory import MemoryLog
 from tests.invariants import assert_contiguous, decode_all
-from tests.runner.story import within
-from tests.utils import seconds, wait_until
+from tests.test_bridge import FAST as BRIDGE_FAST
+from tests.utils import seconds, wait_until, within
 
-FAST = EngineSettings(
-    log_backend="memory",
-    health_interval_s=3600,
-    recovery_base_s=0.01,
-    recovery_max_s=0.04,
-    recovery_attempts=1000,
-    probe_timeout_s=0.5,
-    init_timeout_s=1.0,
-)
+FAST = BRIDGE_FAST.with_(recovery_attempts=1000)
 
 
 class ScriptedLog(MemoryLog):

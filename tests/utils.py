@@ -14,6 +14,7 @@ import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 #: How much slower than a quiet developer machine this one is allowed to be.
 SCALE = float(os.environ.get("AGENTCAST_TEST_TIME_SCALE", "1") or "1")
@@ -47,3 +48,12 @@ async def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within}s waiting for {message}")
         await asyncio.sleep(interval)
+
+
+async def within(seconds: float, awaitable: Awaitable[Any], what: str) -> Any:
+    """Await with a deadline that names what did not happen."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await awaitable
+    except TimeoutError:
+        raise AssertionError(f"timed out after {seconds:g}s waiting for {what}") from None

@@ -19,7 +19,7 @@ import random
 import re
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from agentcast.agents import (
@@ -259,15 +259,3 @@ class FaultyLog:
             self.injected["stalled"] += 1
             await asyncio.sleep(self.stall_s)
         return stored
-
-
-async def within(seconds: float, awaitable: Awaitable[Any], what: str) -> Any:
-    """Await with a deadline that names what did not happen."""
-    try:
-        async with asyncio.timeout(seconds):
-            return await awaitable
-    except TimeoutError:
-        raise AssertionError(f"timed out after {seconds:g}s waiting for {what}") from None
-
-
-Action = Callable[[], Awaitable[None]]

@@ -20,8 +20,8 @@ from agentcast.log.base import EventDraft, StoredEvent
 from agentcast.store.base import RunStatus
 from tests.conftest import EngineFactory
 from tests.runner.helpers import test_registry, thread_events, types_of, wait_run
-from tests.runner.story import check_story, within
-from tests.utils import seconds, wait_until
+from tests.runner.story import check_story
+from tests.utils import seconds, wait_until, within
 
 # --- 0. the thread takes its next run at once -----------------------------------------
 

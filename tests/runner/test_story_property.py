@@ -36,8 +36,8 @@ from agentcast.errors import NotFound
 from agentcast.events import TERMINAL_TYPES
 from agentcast.log.base import StoredEvent
 from tests.invariants import decode_all
-from tests.runner.story import FaultyLog, check_story, dump, story_registry, within
-from tests.utils import MS, seconds
+from tests.runner.story import FaultyLog, check_story, dump, story_registry
+from tests.utils import MS, seconds, within
 
 pytestmark = pytest.mark.slow
 

@@ -187,6 +187,25 @@ export const ClientErrorCode = Object.freeze({
  */
 
 /** An error reply from the server, or a failure of the client itself. */
+/**
+ * Call every listener of `type` with `payload`. A listener's bug is reported
+ * and does not break delivery to the others (shared by the clients here).
+ *
+ * @param {Map<string, Set<(payload: any) => void>>} listeners
+ * @param {string} type
+ * @param {unknown} payload
+ */
+export function notify(listeners, type, payload) {
+  for (const listener of [...(listeners.get(type) ?? [])]) {
+    try {
+      listener(payload);
+    } catch (error) {
+      if (typeof globalThis.reportError === "function") globalThis.reportError(error);
+      else console.error(error);
+    }
+  }
+}
+
 export class AgentcastError extends Error {
   /**
    * @param {string} code     the server's error code (`not_found`, `run_active`, …) or a
@@ -1096,15 +1115,7 @@ export class AgentcastClient {
    * @param {unknown} payload
    */
   #emit(type, payload) {
-    for (const listener of [...(this.#listeners.get(type) ?? [])]) {
-      try {
-        listener(payload);
-      } catch (error) {
-        // A listener's bug must not break delivery to the others.
-        if (typeof globalThis.reportError === "function") globalThis.reportError(error);
-        else console.error(error);
-      }
-    }
+    notify(this.#listeners, type, payload);
   }
 
   async #token() {

@@ -26,7 +26,14 @@
  * @module sse
  */
 
-import { AgentcastError, backoffDelay, ClientErrorCode, EVENT_TYPES, eventProblem } from "./agentcast.js";
+import {
+  AgentcastError,
+  backoffDelay,
+  ClientErrorCode,
+  EVENT_TYPES,
+  eventProblem,
+  notify,
+} from "./agentcast.js";
 
 /** The states of a {@link ThreadStream}. */
 export const StreamState = Object.freeze({
@@ -326,15 +333,7 @@ export class ThreadStream {
    * @param {unknown} payload
    */
   #emit(type, payload) {
-    for (const listener of [...(this.#listeners.get(type) ?? [])]) {
-      try {
-        listener(payload);
-      } catch (error) {
-        // A listener's bug must not break delivery to the others.
-        if (typeof globalThis.reportError === "function") globalThis.reportError(error);
-        else console.error(error);
-      }
-    }
+    notify(this.#listeners, type, payload);
   }
 
   /**

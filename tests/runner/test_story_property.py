@@ -32,9 +32,10 @@ import pytest
 
 from agentcast.config import EngineSettings
 from agentcast.engine import Engine
-from agentcast.errors import NotFound
+from agentcast.errors import LogUnavailable, NotFound
 from agentcast.events import TERMINAL_TYPES
 from agentcast.log.base import StoredEvent
+from agentcast.runner import OnActive, Runner, RunTicket
 from tests.invariants import decode_all
 from tests.runner.story import FaultyLog, check_story, dump, story_registry
 from tests.utils import MS, seconds, within
@@ -136,9 +137,7 @@ async def _drive(
 ) -> tuple[str, list[str]]:
     """One thread: runs back to back, each met by a random action; returns its id."""
     runner = engine.runner
-    message = f"{rng.randrange(2**32)}"
-    agent = rng.choice(["boss", "worker"])
-    ticket = await runner.start_run(user, agent, message)
+    ticket = await _start(runner, rng, user, None, tally)
     thread_id = ticket.thread_id
     follower = await engine.bridge.follow(thread_id, 0)
     latest = ticket.run_id
@@ -159,10 +158,7 @@ async def _drive(
                 if subs:
                     await runner.cancel(user, run_id=rng.choice(subs))
             elif action == "interrupt":
-                interrupting = await runner.start_run(
-                    user, rng.choice(["boss", "worker"]), f"{rng.randrange(2**32)}",
-                    thread_id=thread_id, on_active="interrupt",
-                )  # fmt: skip
+                interrupting = await _start(runner, rng, user, thread_id, tally, "interrupt")
                 latest = interrupting.run_id
                 tally.runs += 1
             # Wait for the latest run's terminal event, then start the next at once.
@@ -180,10 +176,7 @@ async def _drive(
             if index == runs - 1:
                 break
             try:
-                nxt = await runner.start_run(
-                    user, rng.choice(["boss", "worker"]), f"{rng.randrange(2**32)}",
-                    thread_id=thread_id, on_active="reject",
-                )  # fmt: skip
+                nxt = await _start(runner, rng, user, thread_id, tally)
             except Exception as exc:  # collected: the assertion names every refusal
                 refusals.append(f"{thread_id} after {latest}: {exc!r}")
                 break
@@ -192,6 +185,32 @@ async def _drive(
     finally:
         await follower.aclose()
     return thread_id, refusals
+
+
+async def _start(
+    runner: Runner,
+    rng: random.Random,
+    user: str,
+    thread_id: str | None,
+    tally: Tally,
+    on_active: OnActive = "reject",
+) -> RunTicket:
+    """A start on the thread: refused only while the log is down.
+
+    A start writes the run's row; while a dead database writer is being
+    replaced that write fails with ``LogUnavailable`` (an outage the client
+    is told about, and retries). ``RunActive`` or ``LimitExceeded`` would be
+    the bug this test is about, and are never retried.
+    """
+    message = f"{rng.randrange(2**32)}"
+    agent = rng.choice(["boss", "worker"])
+    for _ in range(50):
+        try:
+            return await runner.start_run(user, agent, message, thread_id, on_active)
+        except LogUnavailable:
+            tally.count("start_retried_outage")
+            await asyncio.sleep(5 * MS)
+    return await runner.start_run(user, agent, message, thread_id, on_active)
 
 
 async def _round(
@@ -212,7 +231,7 @@ async def _shutdown_round(
     threads = []
     for i in range(THREADS):
         user = f"user{i % USERS}"
-        ticket = await engine.runner.start_run(user, "boss", f"{rng.randrange(2**32)}")
+        ticket = await _start(engine.runner, rng, user, None, tally)
         threads.append((user, ticket.thread_id))
         tally.runs += 1
     await asyncio.sleep(rng.uniform(0, 100) * MS)
@@ -267,6 +286,28 @@ async def _check_after_shutdown(
         await reader.db.close()
 
 
+def _kill_the_writer_now_and_then(
+    engine: Engine, rng: random.Random, injected: dict[str, int], limit: int = 6
+) -> None:
+    """The SQLite writer thread dies before some groups (a bug escaping its loop).
+
+    Every write of such a group fails at once and a new writer is started;
+    the bridge retries its appends, a start whose row could not be written
+    is refused with ``LogUnavailable``.
+    """
+    db = engine.db
+    assert db is not None
+    real = db._run_group
+
+    def maybe_die(conn: Any, group: Any) -> Any:  # on the writer thread
+        if injected["writer_deaths"] < limit and rng.random() < 0.004:
+            injected["writer_deaths"] += 1
+            raise RuntimeError("the writer thread died (injected)")
+        return real(conn, group)
+
+    db._run_group = maybe_die  # type: ignore[method-assign]
+
+
 @pytest.mark.parametrize("backend", ["memory", "sqlite"])
 async def test_every_story_is_whole_under_random_cancels_timeouts_and_shutdown(
     tmp_path: Path, backend: str
@@ -287,8 +328,13 @@ async def test_every_story_is_whole_with_log_faults(tmp_path: Path, backend: str
         transient=0.03, stall=0.01, stall_s=seconds(0.08), reject=0.01,
     )  # fmt: skip
     engine.bridge.log = faulty  # type: ignore[assignment]
+    if engine.db is not None:
+        _kill_the_writer_now_and_then(engine, random.Random(seed ^ 0xDEAD), faulty.injected)
     tally, cut = await _play(engine, seed, f"{backend} faults seed={seed}")
     print(f"[{backend} faults] injected={dict(faulty.injected)}")
+    if engine.db is not None:
+        assert faulty.injected["writer_deaths"] > 0
+        assert engine.db.stats.writer_restarts >= faulty.injected["writer_deaths"] - 1
     assert faulty.injected["transient"] > 0
     assert faulty.injected["rejected"] > 0
     assert tally.runs >= 500

@@ -345,6 +345,29 @@ async def test_a_queued_cancel_during_a_log_outage_blocks_no_one(
     assert types_of(events) == ["agent_started", "agent_cancelled"]
 
 
+async def test_shutdown_during_a_log_outage_ends_within_its_deadline(
+    make_engine: EngineFactory,
+) -> None:
+    """SIGTERM while the log is down: bounded, and no emit is left waiting silently."""
+    engine = await make_engine(
+        max_runs_per_user=1, shutdown_grace_s=0, append_timeout_s=seconds(0.2)
+    )
+    running = await engine.runner.start_run("alice", "countdown", "1000 50")
+    queued = await engine.runner.start_run("alice", "echo", "waits")
+    await wait_until(lambda: engine.runner.running_count == 1)
+    outage = _AppendGate()
+    outage.install(engine, None)
+    await engine.runner.cancel("alice", run_id=queued.run_id)
+    # Runs get MIN_CANCEL_WAIT_S (5 s) to write their terminal events, then the
+    # bridge fails what it could not append: well within 10 s in all.
+    await within(seconds(10), engine.shutdown(grace_s=0), "shutdown during an outage")
+    outage.release()
+    assert not engine.bridge.accepting_runs
+    # What could not be written is left to crash recovery at the next start
+    # (the runs are still "running"/"queued" in the store), never lost silently.
+    assert running.run_id in {r.run_id for r in await _active(engine)}
+
+
 async def test_interrupt_checks_limits_before_cancelling(make_engine: EngineFactory) -> None:
     engine = await make_engine(max_runs_per_user=1, max_queued_per_user=1)
     first = await engine.runner.start_run("alice", "countdown", "1000 50")
@@ -483,6 +506,19 @@ async def test_a_parent_cancelled_while_its_sub_run_row_is_written_ends_the_sub_
     assert [e.type for e in sub] == ["agent_started", "agent_cancelled"]
     assert (await engine.store.get_run("alice", sub[0].run_id)).status is RunStatus.CANCELLED
     assert await engine.store.active_runs() == []
+
+
+async def _active(engine: Engine) -> list[Any]:
+    """The runs the store still has active (read after the engine stopped)."""
+    if engine.db is not None:
+        await engine.db.open()
+        await engine.store.open()
+        try:
+            return list(await engine.store.active_runs())
+        finally:
+            await engine.store.close()
+            await engine.db.close()
+    return list(await engine.store.active_runs())
 
 
 # --- gates ----------------------------------------------------------------------------------

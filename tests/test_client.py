@@ -314,5 +314,7 @@ async def test_a_frame_that_cannot_be_read_ends_events_with_bad_frame(frame: str
             assert info.value.code == "bad_frame"
             assert [(type(i), getattr(i, "seq", None)) for i in seen] == [(Event, 1)]
             assert client.reconnects == 0
-            with pytest.raises(ClientError):
-                await client.ping()  # the client stopped: nothing goes on past the gap
+            with pytest.raises(ClientError) as after:  # the client stopped: nothing goes on
+                async with asyncio.timeout(seconds(2)):  # at once, not a request timeout
+                    await client.ping()
+            assert after.value.code == "bad_frame"

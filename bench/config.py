@@ -1,7 +1,7 @@
 """What ``agentcast bench`` runs: the servers under test, the presets, the rules.
 
 Two presets: ``smoke`` (every workload and server, tiny and a few seconds each;
-CI asserts only correctness) and ``full`` (the sizes of the issue's targets,
+CI asserts only correctness) and ``full`` (the sizes of the performance targets,
 bounded to well under ten minutes on two cores). ``--set FIELD=VALUE``
 overrides one field of a preset.
 """
@@ -45,7 +45,7 @@ class Target:
 
     server: str  # "agentcast" | "baseline"
     backend: str | None = None  # "sqlite" | "memory" for agentcast
-    #: Clients connect with ``?batch=1`` (PROTOCOL.md): events queued for a
+    #: Clients connect with ``?batch=1`` (docs/protocol.md): events queued for a
     #: connection go out as one array frame. Same server, same log, same
     #: schedule; only what the clients ask for differs.
     batch: bool = False
@@ -150,7 +150,7 @@ PRESETS: Final[dict[str, Preset]] = {
         w4_targets=(SQLITE,),
         drain_timeout=10.0,
     ),
-    # The targets of the issue, bounded to well under ten minutes on two cores.
+    # The performance targets, bounded to well under ten minutes on two cores.
     "full": Preset(
         name="full",
         lead=1.0,

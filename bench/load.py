@@ -21,7 +21,7 @@ What it measures, and why this way:
   the window ÷ the deliveries in it, its RSS, and this process's own CPU, so a
   load generator that saturates first is visible in the results.
 * **Correctness**, per connection and thread, by ``seq`` alone
-  (PROTOCOL.md: clients order by ``seq``): a hole never filled is a *gap*, an
+  (docs/protocol.md: clients order by ``seq``): a hole never filled is a *gap*, an
   event seen twice a *duplicate*, one arriving after a later one a *reorder*,
   and events of the run still missing when the drain deadline passes are
   *undelivered*. A connection the server closes unexpectedly (e.g. 4008 slow

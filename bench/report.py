@@ -73,7 +73,7 @@ def efficiency(rows: list[dict[str, Any]]) -> None:
 
 
 def judge(rows: list[dict[str, Any]], preset: Preset) -> list[dict[str, Any]]:
-    """Each target of the issue, with the measured value and whether it holds."""
+    """Each performance target, with the measured value and whether it holds."""
     targets: list[dict[str, Any]] = []
 
     def add(name: str, wanted: str, value: Any, holds: bool | None) -> None:

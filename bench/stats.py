@@ -1,6 +1,6 @@
 """Measurements of the load generator, kept apart from its sockets.
 
-:class:`Tracker` judges one connection's stream by ``seq`` alone (PROTOCOL.md:
+:class:`Tracker` judges one connection's stream by ``seq`` alone (docs/protocol.md:
 clients order by ``seq``, never by ``ts``); :func:`percentiles` uses the
 nearest-rank definition so that p99.9 of 1,000 samples is a real sample;
 :class:`Usage` reads the server's CPU and RSS with psutil, so the cost per

@@ -1,4 +1,4 @@
-"""Checks of DESIGN.md's stream and lifecycle invariants over a thread's events.
+"""Checks of docs/architecture.md's stream and lifecycle invariants over a thread's events.
 
 Used by every test that runs agents: the assertions are exact (every event,
 in order, no gap, no duplicate), never "mostly right".

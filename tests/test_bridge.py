@@ -1,4 +1,4 @@
-"""The bridge: single source of truth, honest health, recovery (DESIGN.md 7, 8, 9)."""
+"""The bridge: single source of truth, honest health, recovery (docs/architecture.md 7, 8, 9)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The event contract (DESIGN.md invariant 1): one envelope, validated on emit."""
+"""The event contract (docs/architecture.md invariant 1): one envelope, validated on emit."""
 
 from __future__ import annotations
 

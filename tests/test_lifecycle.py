@@ -1,4 +1,4 @@
-"""The bridge lifecycle table (DESIGN.md invariant 8): every move, legal or not."""
+"""The bridge lifecycle table (docs/architecture.md invariant 8): every move, legal or not."""
 
 from __future__ import annotations
 

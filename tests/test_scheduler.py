@@ -1,4 +1,4 @@
-"""Run admission rules (PROTOCOL.md, "Runs in a thread, runs of a user")."""
+"""Run admission rules (docs/python-api.md, "Starting and cancelling runs")."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Group-commit tests hold the writer thread inside a "gate" op, queue the ops
 under test behind it, then open the gate: everything queued meanwhile must
-commit as ONE group (DESIGN.md invariant 2, "group commit makes that cheap").
+commit as ONE group (docs/architecture.md invariant 2, "group commit makes that cheap").
 """
 
 from __future__ import annotations

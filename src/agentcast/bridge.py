@@ -1,7 +1,7 @@
 """The bridge: the single source of truth and the only way an event is emitted.
 
 Every event goes ``emit() → validate → stamp → bounded buffer → group append →
-followers`` (DESIGN.md, "One direction of flow"). The bridge owns the lifecycle
+followers`` (docs/architecture.md, "One direction of flow"). The bridge owns the lifecycle
 (:mod:`agentcast.lifecycle`), health probes, recovery and metrics:
 
 * **Nothing is dropped** (invariant 8). A failed append keeps its batch at the
@@ -590,5 +590,5 @@ async def _close_logged(log: EventLog) -> None:
         logger.exception("closing the event log failed")
 
 
-#: The name the system's audit knew it by.
+#: The name of the component this bridge replaces, for code that looks it up by that name.
 AgentWebSocketBridge = Bridge

@@ -1,4 +1,4 @@
-"""Engine settings: every limit with its documented default (DESIGN.md invariant 6).
+"""Engine settings: every limit with its documented default (docs/architecture.md invariant 6).
 
 Settings are a frozen dataclass so that a bridge, a runner and a test can each
 hold their own without touching process-wide state. :meth:`EngineSettings.from_env`

@@ -2,7 +2,7 @@
 
 ``Engine`` is what a server (or a test, or an embedding application) holds.
 Start-up order: database → store → bridge (opens the log, probes it) → runner
-(recovers interrupted runs). Shutdown is the reverse, per DESIGN.md invariant
+(recovers interrupted runs). Shutdown is the reverse, per docs/architecture.md invariant
 9: the runner stops accepting, lets runs finish within the grace period and
 cancels the rest; the bridge appends their terminal events; then the log and
 the database close.

@@ -16,7 +16,7 @@
     ├── InvalidTransition          internal         (lifecycle misuse)
     └── DataDirLocked              internal         (a second writer)
 
-The codes match PROTOCOL.md exactly; ``ERROR_CODE_EXPLANATIONS`` and
+The codes match docs/protocol.md exactly; ``ERROR_CODE_EXPLANATIONS`` and
 ``CLOSE_CODE_EXPLANATIONS`` are the one table the docs are written from.
 """
 

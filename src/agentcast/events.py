@@ -1,6 +1,6 @@
 """The event contract: the envelope, every event type and its payload.
 
-Every server→client event is one versioned JSON object (DESIGN.md invariant
+Every server→client event is one versioned JSON object (docs/architecture.md invariant
 1)::
 
     {"v":1,"type":…,"event_id":…,"thread_id":…,"run_id":…,"parent_run_id":…,

@@ -1,4 +1,4 @@
-"""The bridge's lifecycle as a transition table (DESIGN.md invariant 8).
+"""The bridge's lifecycle as a transition table (docs/architecture.md invariant 8).
 
 ::
 

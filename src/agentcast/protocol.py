@@ -23,7 +23,7 @@ themselves, sent as the log stored them (one object, or with ``?batch=1`` a
 JSON array of them).
 
 Error codes and close codes come from :mod:`agentcast.errors`, the one table
-PROTOCOL.md is written from; they are re-exported here.
+docs/protocol.md is written from; they are re-exported here.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The built-in agents do exactly what PROTOCOL.md ("Built-in agents") promises.
+"""The built-in agents do exactly what docs/protocol.md ("Built-in agents") promises.
 
 ``echo`` and ``countdown`` are relied on by clients, tests and benchmarks, so
 their event sequences are asserted exactly. ``demo``'s numbers are checked

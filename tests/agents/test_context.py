@@ -1,6 +1,6 @@
 """RunContext and the registry: what an agent can emit, in what order, and how runs end.
 
-Ordering is what a client relies on (DESIGN.md invariant 3 and "Lessons"):
+Ordering is what a client relies on (docs/architecture.md invariant 3 and "Lessons"):
 text coalesced into ``text_delta`` windows must never overtake or lag behind
 the agent's other events.
 """

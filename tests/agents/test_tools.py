@@ -1,6 +1,6 @@
 """``@tool`` and the dispatcher: schemas, validation, redaction, and the event pair.
 
-DESIGN.md invariant 3: every ``tool_executing`` is followed by its
+docs/architecture.md invariant 3: every ``tool_executing`` is followed by its
 ``tool_completed``, whatever happens to the call (success, error, timeout,
 cancellation); invariant 6: tool timeouts and value sizes are bounded.
 """

@@ -1,7 +1,7 @@
 """Real ``agentcast serve`` processes on 127.0.0.1 and a raw WebSocket client for them.
 
 Everything here speaks only to servers it started itself, over loopback, with
-PROTOCOL.md frames written out by hand: the end-to-end tests check the wire,
+docs/protocol.md frames written out by hand: the end-to-end tests check the wire,
 not the project's own client.
 
 Every deadline here is scaled by ``AGENTCAST_TEST_TIME_SCALE`` (tests/utils.py),
@@ -32,7 +32,7 @@ from agentcast.events import TERMINAL_TYPES
 from tests.utils import MS, seconds
 
 ROOT = Path(__file__).resolve().parents[2]
-#: Every key of the event envelope (PROTOCOL.md, "Events"); no more, no fewer.
+#: Every key of the event envelope (docs/events.md); no more, no fewer.
 ENVELOPE_KEYS = frozenset(
     {"v", "type", "event_id", "thread_id", "run_id", "parent_run_id", "seq", "ts", "agent", "data"}
 )

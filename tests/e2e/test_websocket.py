@@ -1,4 +1,4 @@
-"""The demo run over a raw WebSocket, checked frame by frame against PROTOCOL.md."""
+"""The demo run over a raw WebSocket, checked frame by frame against docs/protocol.md."""
 
 from __future__ import annotations
 

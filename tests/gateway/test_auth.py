@@ -1,4 +1,4 @@
-"""Authentication: every kind of bad credential gets its exact answer (DESIGN.md invariant 4)."""
+"""Authentication: every bad credential gets its exact answer (docs/architecture.md invariant 4)."""
 
 from __future__ import annotations
 

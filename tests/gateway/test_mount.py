@@ -1,4 +1,7 @@
-"""agentcast inside another app: the host's lifespan starts and stops it (DESIGN.md invariant 9)."""
+"""agentcast inside another app: the host's lifespan starts and stops it.
+
+docs/architecture.md, invariant 9.
+"""
 
 from __future__ import annotations
 

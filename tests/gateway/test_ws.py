@@ -1,4 +1,4 @@
-"""``/v1/ws`` over a real uvicorn server and raw ``websockets`` clients (PROTOCOL.md)."""
+"""``/v1/ws`` over a real uvicorn server and raw ``websockets`` clients (docs/protocol.md)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""One conformance suite for every EventLog backend (STYLE.md habit 3).
+"""One conformance suite for every EventLog backend.
 
 Each test takes the ``backend`` fixture — memory, SQLite ``FULL`` and SQLite
-``NORMAL`` — and checks DESIGN.md invariants 2 (stream positions, catch-up →
+``NORMAL`` — and checks docs/architecture.md invariants 2 (stream positions, catch-up →
 live) and 7 (idempotence) with exact assertions: every event, in order, no
 gap, no duplicate.
 """

@@ -2,7 +2,7 @@
 
 The contract suite runs them through every backend; here a fake backend read
 lets a test commit *during* the follower's read — the exact window where
-"read then subscribe" loses a wake-up (DESIGN.md invariant 2).
+"read then subscribe" loses a wake-up (docs/architecture.md invariant 2).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Durability across restarts, group commit of concurrent appends, and failure
 atomicity: a failed commit consumes no seq, feeds no follower, and leaves
-nothing to resynchronise (DESIGN.md invariant 2).
+nothing to resynchronise (docs/architecture.md invariant 2).
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ The model is a list of event ids per thread (index = seq - 1), the retained
 range and the epoch. After every step each live follower must have received
 exactly the retained suffix after its position, in order — or have been told
 ``HistoryLost`` when a trim removed events it had not read — and every
-stream must match the model, epoch included, across restarts (DESIGN.md
-invariant 2; PROTOCOL.md, "Stream positions").
+stream must match the model, epoch included, across restarts (docs/architecture.md
+invariant 2; docs/event-log.md, "Positions and resume").
 
 Hypothesis drives a private event loop with ``run_until_complete`` so that
 rules stay synchronous; the tail is tiny so that followers keep switching
@@ -165,7 +165,7 @@ class SqliteLogMachine(RuleBasedStateMachine):
         follower = self.run(self.log.follow(thread_id, after, given))
         holds = (
             epoch != "stale" and stream.first_seq - 1 <= after <= stream.last_seq
-        )  # PROTOCOL.md: otherwise restart from the first retained event
+        )  # docs/protocol.md: otherwise restart from the first retained event
         expected_after = after if holds else stream.first_seq - 1
         assert follower.start.epoch == stream.epoch
         assert (follower.start.after_seq, follower.start.recovered) == (expected_after, holds)

@@ -1,4 +1,4 @@
-"""Crash recovery across a real SIGKILL (DESIGN.md invariants 2, 3 and 10)."""
+"""Crash recovery across a real SIGKILL (docs/architecture.md invariants 2, 3 and 10)."""
 
 from __future__ import annotations
 

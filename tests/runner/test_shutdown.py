@@ -1,4 +1,4 @@
-"""Orderly shutdown (DESIGN.md invariant 9): every run ends with its terminal event."""
+"""Orderly shutdown (docs/architecture.md invariant 9): every run ends with its terminal event."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""200+ runs at once across 50 users: every invariant, exactly (DESIGN.md 2, 3, 4)."""
+"""200+ runs at once across 50 users: every invariant, exactly (docs/architecture.md 2, 3, 4)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Write an agent as ``async def my_agent(ctx: RunContext) -> str``; give it
 tools with ``@tool``; register both in an :class:`AgentRegistry`. Everything
 the user sees — thinking, tool calls, streamed text — is emitted through the
-context, which the runner creates per run (DESIGN.md, "One direction of flow").
+context, which the runner creates per run (docs/architecture.md, "One direction of flow").
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 An agent never emits an event directly. It calls :meth:`RunContext.think`,
 :meth:`~RunContext.say`, :meth:`~RunContext.call_tool` … and the context turns
 each call into a valid event through the runner's ``emit`` — the only way out
-(DESIGN.md: "Nothing appends to the log except the bridge"). The lifecycle
+(docs/architecture.md: "Nothing appends to the log except the bridge"). The lifecycle
 events (``agent_started`` and the terminal event) belong to the runner; the
 context offers no way to emit them, so an agent cannot break invariant 3.
 

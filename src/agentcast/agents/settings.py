@@ -1,8 +1,8 @@
-"""Per-run knobs of the agent API, with the defaults DESIGN.md asks to document.
+"""Per-run knobs of the agent API, with the defaults docs/architecture.md asks to document.
 
 They live in one frozen dataclass so that the runner can build them once from
 configuration and hand the same value to every run: nothing an agent does can
-change another run's limits (DESIGN.md invariant 6, "Bounded everything").
+change another run's limits (docs/architecture.md invariant 6, "Bounded everything").
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ class AgentSettings:
     Attributes:
         text_coalesce_ms: Streamed text (``ctx.say``) is buffered for this long
             and sent as one ``text_delta``; per-token events are expensive to
-            append and fan out (DESIGN.md, "Lessons"). ``0`` sends every chunk
-            at once.
+            append and fan out (docs/architecture.md, "Lessons from the systems
+            before us"). ``0`` sends every chunk at once.
         tool_timeout_s: Default time limit of a tool call; a tool's own
             ``timeout_s`` wins.
         tool_concurrency: How many tool calls of one run may execute at once;

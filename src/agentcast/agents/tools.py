@@ -11,7 +11,7 @@ them once so that no agent has to:
   so that a model's bad arguments become a clean ``tool_completed`` with
   status ``error`` instead of a crash deep inside the tool.
 * **Report** every call as a ``tool_executing``/``tool_completed`` pair
-  (DESIGN.md invariant 3: the pair is never broken, whatever happens to the
+  (docs/architecture.md invariant 3: the pair is never broken, whatever happens to the
   call) with secrets redacted and sizes bounded — :class:`ToolDispatcher`.
 """
 
@@ -332,7 +332,7 @@ class ToolDispatcher:
         """Call a tool and return its result, emitting ``tool_executing``/``tool_completed``.
 
         Every ``tool_executing`` is followed by exactly one ``tool_completed``
-        (DESIGN.md invariant 3), whose status says how the call ended:
+        (docs/architecture.md invariant 3), whose status says how the call ended:
 
         * ``success`` — the result is returned (and sent redacted and bounded);
         * ``error`` — unknown tool, invalid arguments, or the tool raised:

@@ -1,4 +1,4 @@
-"""The data directory lock: one process owns a directory (DESIGN.md invariant 10).
+"""The data directory lock: one process owns a directory (docs/architecture.md invariant 10).
 
 An exclusive, non-blocking ``flock`` on ``<data_dir>/agentcast.lock``, held
 until release. ``flock`` locks an open file description, not a process, so a

@@ -1,7 +1,7 @@
 """The SQLite schema of a data directory, as forward migrations.
 
 The event log and the store share one database file so that a run's status is
-written in the same transaction as its terminal event (DESIGN.md invariant 3).
+written in the same transaction as its terminal event (docs/architecture.md invariant 3).
 Each migration runs once, in order, inside one transaction with the
 ``schema_version`` bump; a database newer than this code refuses to open.
 """

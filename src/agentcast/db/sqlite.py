@@ -1,12 +1,12 @@
 """Single-writer SQLite access with group commit, shared by the log and the store.
 
-One process owns a data directory (DESIGN.md invariant 10): :meth:`open`
+One process owns a data directory (docs/architecture.md invariant 10): :meth:`open`
 takes an exclusive ``flock`` on ``<data_dir>/agentcast.lock`` and keeps it
 until :meth:`close`. Inside the process every write goes through one writer
 thread and one connection, so there is never a ``SQLITE_BUSY`` between our
 own writers and the log can assign ``seq`` without races.
 
-**Group commit** (DESIGN.md invariant 2, "group commit makes that cheap"):
+**Group commit** (docs/architecture.md invariant 2, "group commit makes that cheap"):
 :meth:`write` queues an op; the writer thread takes everything queued (up to
 :data:`MAX_GROUP_OPS`) and runs it in ONE ``BEGIN IMMEDIATE … COMMIT``, each op
 inside its own ``SAVEPOINT`` so that an op that raises is rolled back alone.

@@ -7,7 +7,7 @@ module globals, so several apps can live in one process.
 
 Running inside another application: a mounted sub-app's lifespan never runs
 (ASGI sends lifespan events to the outermost app only), so the host calls
-:func:`agentcast_lifespan` from its own lifespan (DESIGN.md invariant 9)::
+:func:`agentcast_lifespan` from its own lifespan (docs/architecture.md invariant 9)::
 
     sub = create_app(settings, lifespan=False)
 
@@ -53,7 +53,7 @@ __all__ = ["WEB_DIR", "WS_PATH", "agentcast_lifespan", "create_app", "find_gatew
 
 logger = logging.getLogger(__name__)
 
-#: The static web page (built by the web issue; a placeholder until then).
+#: The static web page and its JavaScript client.
 WEB_DIR: Final = Path(__file__).resolve().parent.parent / "web"
 WS_PATH: Final = "/v1/ws"
 

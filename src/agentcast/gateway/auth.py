@@ -1,6 +1,6 @@
 """Authentication: who a request or a WebSocket speaks for.
 
-Every ``/v1`` endpoint needs credentials; no mode skips them (DESIGN.md
+Every ``/v1`` endpoint needs credentials; no mode skips them (docs/architecture.md
 invariant 4 starts with "a connection is authenticated as one user"). The
 credentials are a JWT whose ``sub`` is the user id, presented as:
 

@@ -5,7 +5,7 @@ authenticator and the open connections. Endpoints are bound to it when the
 app is built (never looked up in module globals), so two apps — or a test and
 a server — can live side by side in one process.
 
-Shutdown order (DESIGN.md invariant 9): stop accepting runs, let running
+Shutdown order (docs/architecture.md invariant 9): stop accepting runs, let running
 runs finish within the grace period, cancel the rest (each gets its terminal
 event), let connections drain those events, close them with 1001, then close
 the engine.

@@ -5,7 +5,7 @@
   would not bring the log back.
 * ``/readyz`` — readiness: 200 only while the bridge is ACTIVE and the
   gateway is not shutting down, else 503; the body names the state and why
-  (DESIGN.md invariant 8: health comes from real probes of the live path,
+  (docs/architecture.md invariant 8: health comes from real probes of the live path,
   which the bridge runs; this endpoint reports them, it does not probe).
 * ``/metrics`` — the engine's Prometheus registry, which also holds the
   gateway's request and connection metrics.

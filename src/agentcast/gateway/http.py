@@ -5,7 +5,7 @@ routes are built by :func:`http_routes` with the gateway bound in, wrapped by
 :func:`~agentcast.gateway.problems.api_endpoint` (authentication, errors as
 problem+json, the request counter).
 
-Isolation (DESIGN.md invariant 4): every lookup goes through the store with
+Isolation (docs/architecture.md invariant 4): every lookup goes through the store with
 the caller's user id, and a ``NotFound`` is answered with one fixed detail
 per resource ("no such thread", "no such run"), so another user's thread
 answers byte for byte like a made-up id.

@@ -7,7 +7,7 @@ for credentials, which only HTTP needs (a WebSocket refuses the handshake or
 closes with 4401 instead). ``type`` is ``urn:agentcast:problem:<code>``.
 
 An ``internal`` problem never carries the exception's text: it is logged, and
-the client gets a fixed sentence (DESIGN.md: errors reveal nothing).
+the client gets a fixed sentence (docs/architecture.md: errors reveal nothing).
 
 :func:`api_endpoint` wraps every HTTP endpoint: authentication, the mapping
 from exceptions to problems and the request counter live in one place, so no

@@ -2,7 +2,7 @@
 
 uvicorn on its own handles SIGTERM by closing every WebSocket with 1012 and
 only then running the app's lifespan shutdown, so clients would lose the
-terminal events of the runs that shutdown cancels. DESIGN.md invariant 9
+terminal events of the runs that shutdown cancels. docs/architecture.md invariant 9
 wants the opposite order, and :func:`serve` enforces it: on the first SIGTERM
 or SIGINT it awaits :meth:`Gateway.shutdown` (runs finish within the grace
 period, the rest are cancelled with their terminal events, connections drain
@@ -184,7 +184,7 @@ async def serve(
     log_level: str = "info",
     access_log: bool = False,
 ) -> bool:
-    """Serve until a signal, shutting down in the order of DESIGN.md invariant 9.
+    """Serve until a signal, shutting down in the order of docs/architecture.md invariant 9.
 
     Args:
         settings: Where to listen, the data directory and every limit.

@@ -1,6 +1,6 @@
 """``GET /v1/threads/{thread_id}/stream``: a thread's events as Server-Sent Events.
 
-The wire (PROTOCOL.md): first ``event: subscribed`` (no ``id``) with
+The wire (docs/protocol.md): first ``event: subscribed`` (no ``id``) with
 ``{"thread_id", "epoch", "after_seq", "recovered"}``, then one SSE message per
 event — ``id: <seq>``, ``event: <type>``, ``data: <envelope>`` — in seq order,
 catch-up then live, and a ``: keepalive`` comment whenever nothing was sent
@@ -9,9 +9,9 @@ for ``sse_keepalive_s``.
 Resuming: ``Last-Event-ID`` (what ``EventSource`` sends when it reconnects)
 wins over ``?after_seq=``; ``?epoch=`` says which history the position refers
 to. The position is resolved by the log (``bridge.follow`` → ``follower.start``,
-PROTOCOL.md "Stream positions"): when it cannot be honoured ``recovered`` is
+docs/event-log.md "Positions and resume"): when it cannot be honoured ``recovered`` is
 false and delivery restarts from the first retained event — never a silent
-gap (DESIGN.md invariant 2). Should events be trimmed while this stream lags
+gap (docs/architecture.md invariant 2). Should events be trimmed while this stream lags
 behind, it follows again from its cursor and sends a new ``subscribed``.
 
 The stream is a plain ASGI response that reads the follower and, at the same

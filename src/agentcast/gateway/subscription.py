@@ -1,6 +1,6 @@
 """A connection's send queue and its per-thread subscriptions.
 
-DESIGN.md, "One direction of flow": nothing writes to a socket except a
+docs/architecture.md, "One direction of flow": nothing writes to a socket except a
 subscription reading the log. Each :class:`Subscription` follows one thread
 with a :class:`~agentcast.log.base.Follower` and puts what it reads into the
 connection's :class:`Outbox`; one writer task per connection drains the outbox

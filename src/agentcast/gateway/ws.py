@@ -1,4 +1,4 @@
-"""The WebSocket endpoint: ``/v1/ws``, PROTOCOL.md "WebSocket frames".
+"""The WebSocket endpoint: ``/v1/ws``, docs/protocol.md, "WebSocket".
 
 One :class:`WsConnection` per socket, made of watched tasks:
 

@@ -1,8 +1,8 @@
 """The event log interface: one ``Protocol``, one file per backend.
 
 A thread's stream is an append-only sequence of encoded envelopes with a
-contiguous ``seq`` from 1 and an ``epoch`` token (PROTOCOL.md, "Stream
-positions"). Only the bridge appends (DESIGN.md: "Nothing appends to the log
+contiguous ``seq`` from 1 and an ``epoch`` token (docs/event-log.md, "Positions
+and resume"). Only the bridge appends (docs/architecture.md: "Nothing appends to the log
 except the bridge"); everyone else reads or follows.
 
 Backends: :mod:`agentcast.log.memory` (tests; a new epoch every time it is
@@ -90,7 +90,7 @@ class FollowStart:
 
 
 def resolve_start(info: StreamInfo, after_seq: int, epoch: str | None) -> FollowStart:
-    """Apply PROTOCOL.md's recovery rules to a requested position.
+    """Apply docs/protocol.md's recovery rules to a requested position.
 
     ``recovered`` is false when the epoch differs, the position was trimmed
     away, or ``after_seq`` lies beyond the head; then delivery restarts from
@@ -158,7 +158,7 @@ class EventLog(Protocol):
 
         Each draft gets the next contiguous ``seq`` of its thread. A draft whose
         ``event_id`` is already stored is not stored again: the stored event is
-        returned in its place (idempotence, DESIGN.md invariant 7). Followers
+        returned in its place (idempotence, docs/architecture.md invariant 7). Followers
         are notified only after the commit.
 
         Raises:

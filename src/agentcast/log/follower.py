@@ -1,6 +1,6 @@
 """The one :class:`~agentcast.log.base.Follower` implementation, shared by every backend.
 
-DESIGN.md invariant 2, "Catch-up → live": reading then subscribing leaves
+docs/architecture.md invariant 2, "Catch-up → live": reading then subscribing leaves
 gaps, subscribing then reading duplicates; a cursor has neither. Each
 :meth:`StreamFollower.next_batch`:
 

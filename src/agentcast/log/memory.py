@@ -1,10 +1,10 @@
 """The in-memory event log: for tests and for a single process that may forget.
 
 Nothing survives the instance, so each ``MemoryLog`` gets a new random epoch
-when it is created (PROTOCOL.md: the epoch "changes only when that stream's
+when it is created (docs/protocol.md: the epoch "changes only when that stream's
 history is lost (an in-memory log restarted …)"). A client resuming with an
 old epoch then gets ``recovered: false`` instead of positions that now mean
-other events (DESIGN.md invariant 2).
+other events (docs/architecture.md invariant 2).
 
 An append runs without awaiting anything, so within the event loop it is
 atomic: seqs are contiguous per thread whatever the concurrency, and the
@@ -226,7 +226,7 @@ def stored_event(draft: EventDraft, seq: int) -> StoredEvent:
     )
 
 
-if TYPE_CHECKING:  # mypy proves the backend satisfies the protocol (STYLE.md habit 3)
+if TYPE_CHECKING:  # mypy proves the backend satisfies the protocol
 
     def _check(log: MemoryLog) -> EventLog:
         return log

@@ -4,7 +4,7 @@ Tables ``streams`` (epoch, retained range, head per thread) and ``events``
 (one row per event, envelope bytes included) live in the data directory's
 database, shared with the store (:mod:`agentcast.db.schema`).
 
-* **Durable before visible** (DESIGN.md invariant 2): the ``append`` calls of
+* **Durable before visible** (docs/architecture.md invariant 2): the ``append`` calls of
   one event-loop iteration become one :meth:`SqliteDatabase.write` op; the
   tail is fed and followers are woken by its ``on_commit`` callback, which
   runs only after the group's ``COMMIT`` (fsync with ``synchronous=FULL``)
@@ -12,8 +12,8 @@ database, shared with the store (:mod:`agentcast.db.schema`).
 * **Seqs are never reissued**: seqs are assigned from ``streams.last_seq``
   read inside the transaction, never from an in-memory counter, so a failed
   group leaves nothing to resynchronise. The epoch is created once with the
-  stream row and kept by trims and restarts (PROTOCOL.md, "Stream
-  positions"); see :mod:`agentcast.db.sqlite` for the ``NORMAL`` mode case.
+  stream row and kept by trims and restarts (docs/event-log.md, "Positions
+  and resume"); see :mod:`agentcast.db.sqlite` for the ``NORMAL`` mode case.
 * **Idempotent** (invariant 7): a draft whose ``event_id`` is stored — or
   appears earlier in the same batch, or in an op earlier in the same group —
   is returned as stored, not stored again.
@@ -604,7 +604,7 @@ def _stored_by_id(conn: sqlite3.Connection, event_ids: Iterable[str]) -> dict[st
     return found
 
 
-if TYPE_CHECKING:  # mypy proves the backend satisfies the protocol (STYLE.md habit 3)
+if TYPE_CHECKING:  # mypy proves the backend satisfies the protocol
 
     def _check(log: SqliteLog) -> EventLog:
         return log

@@ -1,6 +1,6 @@
 """The in-memory tail of recent events and the per-thread "committed" notification.
 
-DESIGN.md invariant 2, "Catch-up → live": a follower keeps a cursor, waits on
+docs/architecture.md invariant 2, "Catch-up → live": a follower keeps a cursor, waits on
 a per-thread notification fired after commit, and reads ``seq > cursor`` from
 an in-memory tail of recent events, falling back to the backend for older
 positions. This module is that tail and that notification; the follower that

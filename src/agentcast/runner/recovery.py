@@ -6,7 +6,7 @@ A process that dies (SIGKILL, power loss) leaves runs ``running`` or
 1. every run left ``running`` — and every sub-run left active — is ended:
    its open tool calls get ``tool_completed`` with status ``error``, then the
    run gets ``agent_error`` with ``error_type: "interrupted"``; sub-runs are
-   ended before their parents (DESIGN.md invariant 3);
+   ended before their parents (docs/architecture.md invariant 3);
 2. every top-level run left ``queued`` is queued again, in its original order.
 """
 

@@ -1,7 +1,7 @@
 """Admission and ordering of runs: per-thread, per-user and global limits.
 
 Pure bookkeeping, no I/O: the runner asks it what may start and tells it what
-started and ended. The rules are PROTOCOL.md's "Runs in a thread, runs of a
+started and ended. The rules are docs/protocol.md's "Runs in a thread, runs of a
 user":
 
 * a thread runs one top-level run at a time; the others wait in FIFO order;

@@ -1,11 +1,11 @@
 """Threads, runs and messages: the records beside the event log.
 
 A thread belongs to exactly one user; every lookup takes the user id and a
-record of another user answers exactly like a missing one (DESIGN.md
+record of another user answers exactly like a missing one (docs/architecture.md
 invariant 4). A run's status is never written by the runner directly: it is
 *projected* from the run's own events inside the transaction that appends them
 (:meth:`Store.project`), so the stored status can never disagree with the
-terminal event (DESIGN.md invariant 3).
+terminal event (docs/architecture.md invariant 3).
 """
 
 from __future__ import annotations

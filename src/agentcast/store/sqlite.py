@@ -3,7 +3,7 @@
 All writes go through :meth:`SqliteDatabase.write`, so they share the log's
 single writer and group commit; :meth:`SqliteStore.project` runs inside the
 append's own transaction, which is what makes a run's stored status commit
-together with its terminal event (DESIGN.md invariant 3).
+together with its terminal event (docs/architecture.md invariant 3).
 """
 
 from __future__ import annotations

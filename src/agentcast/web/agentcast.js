@@ -25,7 +25,7 @@
 /** The WebSocket subprotocol of wire contract v1. */
 export const PROTOCOL = "agentcast.v1";
 
-/** Close codes the server uses (PROTOCOL.md, "WebSocket frames"). */
+/** Close codes the server uses (docs/protocol.md, "WebSocket"). */
 export const CloseCode = Object.freeze({
   NORMAL: 1000,
   GOING_AWAY: 1001,
@@ -912,7 +912,7 @@ export class AgentcastClient {
   #onRunAccepted(frame) {
     const thread = this.#threads.get(frame.thread_id);
     if (thread && thread.wanted && thread.live) return; // already following: keep its position
-    // The connection now follows this thread from after_seq (PROTOCOL.md start_agent).
+    // The connection now follows this thread from after_seq (docs/protocol.md start_agent).
     const t = this.#thread(frame.thread_id);
     t.seq = frame.after_seq ?? 0;
     t.epoch = frame.epoch ?? t.epoch;

@@ -1,6 +1,6 @@
 """The built-in agents: ``demo`` (with its sub-agents), ``echo`` and ``countdown``.
 
-PROTOCOL.md ("Built-in agents") fixes what ``echo`` and ``countdown`` emit;
+docs/protocol.md ("Built-in agents") fixes what ``echo`` and ``countdown`` emit;
 clients and benchmarks rely on it. Use
 :func:`agentcast.agents.builtin_registry` to get them in a new registry.
 """

@@ -2,7 +2,7 @@
 
 Exactly ``agent_started`` (runner), one ``agent_thinking`` (here), and
 ``agent_completed`` (runner) whose ``final_response`` is the message
-(PROTOCOL.md, "Built-in agents").
+(docs/protocol.md, "Built-in agents").
 """
 
 from __future__ import annotations

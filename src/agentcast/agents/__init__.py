@@ -8,16 +8,10 @@ context, which the runner creates per run (docs/architecture.md, "One direction 
 
 from __future__ import annotations
 
+from .builtin import builtin_registry
 from .context import RunContext
 from .exceptions import SubRunCancelled, SubRunFailed, ToolError, ToolTimeout
-from .registry import (
-    Agent,
-    AgentRegistry,
-    AgentResult,
-    FunctionAgent,
-    builtin_registry,
-    result_text,
-)
+from .registry import Agent, AgentRegistry, AgentResult, FunctionAgent, result_text
 from .sanitize import sanitize_error
 from .settings import AgentSettings
 from .tools import ToolDispatcher, ToolSpec, tool

@@ -5,8 +5,9 @@ An agent is anything with a ``name``, a ``description`` and an
 :class:`FunctionAgent`. The registry maps names to agents and tools: the
 runner resolves ``start_agent {agent}`` and ``ctx.delegate(agent, …)`` through
 it, ``ctx.call_tool("name")`` finds tools in it, and ``GET /v1/agents`` lists
-it. Registries are plain values — :func:`builtin_registry` builds a new one
-on every call — so two servers (or two tests) never share agents by accident.
+it. Registries are plain values — :func:`agentcast.agents.builtin_registry`
+builds a new one on every call — so two servers (or two tests) never share
+agents by accident.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ __all__ = [
     "AgentRegistry",
     "AgentResult",
     "FunctionAgent",
-    "builtin_registry",
     "result_text",
 ]
 
@@ -293,21 +293,6 @@ def result_text(result: RunReturn, ctx: RunContext) -> tuple[str, Any]:
     raise TypeError(
         f"agent {ctx.agent!r} returned {type(result).__name__}; expected str, AgentResult or None"
     )
-
-
-def builtin_registry(*, demo_pace: float = 1.0) -> AgentRegistry:
-    """A new registry with the built-in agents: ``demo`` (and sub-agents), ``echo``, ``countdown``.
-
-    Args:
-        demo_pace: Scales the demo's pauses between steps (``0`` for tests,
-            ``1`` to look live and still finish within about two seconds).
-    """
-    # Imported here: the built-in agents import this module.
-    from .builtin import register_builtins
-
-    registry = AgentRegistry()
-    register_builtins(registry, demo_pace=demo_pace)
-    return registry
 
 
 def _summary(fn: Callable[..., Any]) -> str:

@@ -1,20 +1,20 @@
 """The built-in agents: ``demo`` (with its sub-agents), ``echo`` and ``countdown``.
 
 docs/protocol.md ("Built-in agents") fixes what ``echo`` and ``countdown`` emit;
-clients and benchmarks rely on it. Use
-:func:`agentcast.agents.builtin_registry` to get them in a new registry.
+clients and benchmarks rely on it. :func:`builtin_registry` builds a new
+registry with them; :data:`registry` is one ready to serve, for
+``agentcast serve --agents agentcast.agents.builtin:registry`` beside your own.
+
+The built-in agents register themselves here, from the outside of the
+registry module: the registry knows nothing of them (no import cycle).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from ..registry import AgentRegistry
 from . import countdown, demo, echo
 
-if TYPE_CHECKING:
-    from ..registry import AgentRegistry
-
-__all__ = ["register_builtins"]
+__all__ = ["builtin_registry", "register_builtins", "registry"]
 
 
 def register_builtins(registry: AgentRegistry, *, demo_pace: float = 1.0) -> None:
@@ -22,3 +22,19 @@ def register_builtins(registry: AgentRegistry, *, demo_pace: float = 1.0) -> Non
     demo.register(registry, pace=demo_pace)
     echo.register(registry)
     countdown.register(registry)
+
+
+def builtin_registry(*, demo_pace: float = 1.0) -> AgentRegistry:
+    """A new registry with the built-in agents: ``demo`` (and sub-agents), ``echo``, ``countdown``.
+
+    Args:
+        demo_pace: Scales the demo's pauses between steps (``0`` for tests,
+            ``1`` to look live and still finish within about two seconds).
+    """
+    new = AgentRegistry()
+    register_builtins(new, demo_pace=demo_pace)
+    return new
+
+
+#: The built-in agents, ready to serve (a catalogue: it holds no per-run state).
+registry: AgentRegistry = builtin_registry()

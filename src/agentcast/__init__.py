@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     )
     from .bridge import AgentWebSocketBridge, Bridge, HealthReport
     from .config import EngineSettings
-    from .engine import Engine, get_bridge, get_engine, set_default_engine
+    from .engine import Engine, get_bridge, get_engine
     from .errors import AgentcastError, CloseCode, ErrorCode
     from .events import Event, EventType, decode_event
     from .gateway.app import create_app
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from .runner import Runner, RunTicket
     from .types import StreamPosition
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Public names are imported on first use, so ``import agentcast`` stays cheap
 # and importing one part (say, the events) does not load all the others.
@@ -44,7 +44,7 @@ _LAZY = {
     "ToolSpec": "agents", "ToolTimeout": "agents", "builtin_registry": "agents", "tool": "agents",
     "AgentWebSocketBridge": "bridge", "Bridge": "bridge", "HealthReport": "bridge",
     "EngineSettings": "config", "Engine": "engine", "get_bridge": "engine",
-    "get_engine": "engine", "set_default_engine": "engine", "AgentcastError": "errors",
+    "get_engine": "engine", "AgentcastError": "errors",
     "CloseCode": "errors", "ErrorCode": "errors", "Event": "events", "EventType": "events",
     "decode_event": "events", "BridgeState": "lifecycle", "Runner": "runner",
     "RunTicket": "runner", "StreamPosition": "types", "create_app": "gateway.app",
@@ -89,6 +89,5 @@ __all__ = [
     "decode_event",
     "get_bridge",
     "get_engine",
-    "set_default_engine",
     "tool",
 ]

@@ -7,21 +7,24 @@ Start-up order: database → store → bridge (opens the log, probes it) → run
 cancels the rest; the bridge appends their terminal events; then the log and
 the database close.
 
-A process-wide default engine is available through :func:`get_engine` /
-:func:`get_bridge` for code that cannot pass one around, but nothing inside
-agentcast depends on it: every component takes its collaborators explicitly.
+The engine serving in this process — the one a gateway's lifespan started —
+is available through :func:`get_engine` / :func:`get_bridge` for code that
+cannot be handed one, but nothing inside agentcast depends on it: every
+component takes its collaborators explicitly.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterator
 from types import TracebackType
 
 from .agents import AgentRegistry, builtin_registry
 from .bridge import Bridge
 from .config import EngineSettings
 from .db.sqlite import SqliteDatabase
+from .errors import Unavailable
 from .log.base import EventLog
 from .log.memory import MemoryLog
 from .log.sqlite import SqliteLog
@@ -31,7 +34,7 @@ from .store.base import Store
 from .store.memory import MemoryStore
 from .store.sqlite import SqliteStore
 
-__all__ = ["Engine", "get_bridge", "get_engine", "set_default_engine"]
+__all__ = ["Engine", "get_bridge", "get_engine", "serving"]
 
 
 class Engine:
@@ -120,23 +123,42 @@ class Engine:
         await self.shutdown()
 
 
-_default: Engine | None = None
+#: The engines serving in this process, most recently started last. Process-wide
+#: on purpose: it is what :func:`get_engine` answers for code that cannot be
+#: handed an engine. It holds no per-run state.
+_serving: list[Engine] = []
+
+
+@contextlib.contextmanager
+def serving(engine: Engine) -> Iterator[Engine]:
+    """Make ``engine`` what :func:`get_engine` returns for the ``with`` block.
+
+    The gateway's lifespan (``agentcast serve``, ``create_app``, a host app's
+    ``agentcast_lifespan``) registers the engine it started this way.
+    """
+    _serving.append(engine)
+    try:
+        yield engine
+    finally:
+        _serving.remove(engine)
 
 
 def get_engine() -> Engine:
-    """The process-wide default engine (settings from the environment), created on first use."""
-    global _default
-    if _default is None:
-        _default = Engine()
-    return _default
+    """The engine serving in this process (the most recently started one).
 
+    For code that cannot be handed the engine (a tool deep inside an agent,
+    a host app's route). It never builds an engine of its own: a second
+    engine on the same data directory could not even start.
 
-def set_default_engine(engine: Engine | None) -> None:
-    """Make ``engine`` the default (e.g. the one a server built)."""
-    global _default
-    _default = engine
+    Raises:
+        Unavailable: no agentcast app has started in this process (or every
+            one has stopped).
+    """
+    if not _serving:
+        raise Unavailable("no agentcast engine is serving in this process")
+    return _serving[-1]
 
 
 def get_bridge() -> Bridge:
-    """The default engine's bridge; call ``await get_engine().start()`` before emitting."""
+    """The serving engine's bridge (see :func:`get_engine`)."""
     return get_engine().bridge

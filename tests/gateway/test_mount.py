@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from starlette.applications import Starlette
 
 import agentcast
+from agentcast.errors import Unavailable
 from agentcast.gateway.app import agentcast_lifespan, create_app, find_gateway
 from agentcast.gateway.context import Gateway
 from agentcast.gateway.settings import GatewaySettings
@@ -74,6 +75,20 @@ async def test_lifespan_finds_the_gateway_through_the_host(tmp_path: Path) -> No
         assert state == {"agentcast": gateway_of(sub)}
         assert gateway_of(sub).started
     assert not gateway_of(sub).started
+
+
+async def test_get_engine_is_the_engine_that_is_serving(tmp_path: Path) -> None:
+    """Inside the lifespan it is the app's own engine; outside, nothing builds a second one."""
+    with pytest.raises(Unavailable, match="no agentcast engine is serving"):
+        agentcast.get_engine()
+    sub = make_app(tmp_path)
+    host = FastAPI(lifespan=agentcast_lifespan)
+    host.mount("/agentcast", sub)
+    async with host.router.lifespan_context(host):
+        assert agentcast.get_engine() is gateway_of(sub).engine
+        assert agentcast.get_bridge() is gateway_of(sub).engine.bridge
+    with pytest.raises(Unavailable):
+        agentcast.get_bridge()
 
 
 async def test_lifespan_accepts_a_gateway_and_refuses_others(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from ..agents import AgentRegistry, builtin_registry
-from ..engine import Engine
+from ..engine import Engine, serving
 from .auth import Authenticator
 from .context import Gateway
 from .health import health_routes
@@ -122,7 +122,8 @@ async def agentcast_lifespan(app_or_gateway: Any) -> AsyncIterator[dict[str, Gat
     gateway = find_gateway(app_or_gateway)
     await gateway.startup()
     try:
-        yield {"agentcast": gateway}
+        with serving(gateway.engine):  # what get_engine() answers meanwhile
+            yield {"agentcast": gateway}
     finally:
         await gateway.shutdown()
 

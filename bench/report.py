@@ -233,7 +233,7 @@ def targets_table(targets: list[dict[str, Any]]) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The ``## Load benchmark`` section of docs/performance.md, from a run's JSON."""
+    """docs/performance.md's ``## Load benchmark (agentcast bench)`` section, from a run."""
     m = report["machine"]
     v = m["versions"]
     fsync = report["fsync"]

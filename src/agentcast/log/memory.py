@@ -1,8 +1,9 @@
 """The in-memory event log: for tests and for a single process that may forget.
 
 Nothing survives the instance, so each ``MemoryLog`` gets a new random epoch
-when it is created (docs/protocol.md: the epoch "changes only when that stream's
-history is lost (an in-memory log restarted …)"). A client resuming with an
+when it is created: an epoch changes exactly when a stream's history is lost,
+and a restarted in-memory log has lost all of it (docs/event-log.md,
+"Positions and resume"). A client resuming with an
 old epoch then gets ``recovered: false`` instead of positions that now mean
 other events (docs/architecture.md invariant 2).
 

@@ -1,8 +1,8 @@
 """Admission and ordering of runs: per-thread, per-user and global limits.
 
 Pure bookkeeping, no I/O: the runner asks it what may start and tells it what
-started and ended. The rules are docs/protocol.md's "Runs in a thread, runs of a
-user":
+started and ended. The rules (docs/python-api.md, "Starting and cancelling
+runs"):
 
 * a thread runs one top-level run at a time; the others wait in FIFO order;
 * a user runs at most ``max_runs_per_user`` at once; more wait as ``queued``,

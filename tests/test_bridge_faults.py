@@ -67,7 +67,7 @@ async def test_a_refused_event_fails_alone_and_the_rest_is_appended_in_order() -
     first = emit(bridge, 0)
     await within(seconds(5), log.entered.wait(), "the first append")
     tasks = [emit(bridge, i) for i in range(1, 50)]
-    await wait_until(lambda: bridge._queue is not None and bridge._queue.qsize() == 49)
+    await wait_until(lambda: bridge.buffered == 50)  # one held in flight, 49 queued
     log.refuse.add(17)  # one event of the next batch can never be stored
     log.hold.set()
     await first

@@ -21,7 +21,6 @@ followers`` (docs/architecture.md, "One direction of flow"). The bridge owns the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -29,10 +28,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-import msgspec
-
+from .appender import Appender
 from .config import EngineSettings
-from .errors import AgentcastError, AppendRejected, LogUnavailable, Unavailable
+from .errors import LogUnavailable, Unavailable
 from .events import EventType, encode_payload
 from .lifecycle import BridgeState, Lifecycle, StateObserver
 from .log.base import EventDraft, EventLog, Follower, StoredEvent, StreamInfo
@@ -60,13 +58,6 @@ class HealthReport:
     checked_at: float
 
 
-@dataclass(slots=True)
-class _Pending:
-    draft: EventDraft
-    future: asyncio.Future[StoredEvent]
-    queued_at: float
-
-
 class Bridge:
     """Validates, stamps and appends every event; watches its own health.
 
@@ -90,12 +81,7 @@ class Bridge:
         self._rng = rng or random.Random()
         self._lifecycle = Lifecycle()
         self._lifecycle.add_observer(self._on_state)
-        self._queue: asyncio.Queue[_Pending] | None = None
-        self._inflight: list[_Pending] = []
-        #: Append the in-flight batch one event at a time (after a refusal).
-        self._isolating = False
-        #: The append in flight and the events it carries (settled by close()).
-        self._attempt: tuple[list[_Pending], asyncio.Future[list[StoredEvent]]] | None = None
+        self._appender: Appender | None = None
         self._init_task: asyncio.Task[None] | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._factories: dict[str, Callable[[], Awaitable[None]]] = {}
@@ -105,7 +91,6 @@ class Bridge:
         self._probe_requested = False
         self._closing = False
         self.last_report: HealthReport | None = None
-        self._emitted: dict[str, Any] = {}  # events_emitted children by type
 
     # Public properties ---------------------------------------------------------
 
@@ -163,8 +148,12 @@ class Bridge:
         try:
             async with asyncio.timeout(self.settings.init_timeout_s):
                 await self.log.open()
-                self._queue = asyncio.Queue(maxsize=self.settings.emit_buffer)
-                self._start_task("appender", self._append_loop)
+                self._appender = Appender(
+                    self._append, self.settings, self.metrics,
+                    on_failure=self._append_failed, on_success=self._append_succeeded,
+                    internal_thread=HEALTH_THREAD,
+                )  # fmt: skip
+                self._start_task("appender", self._appender.run)
                 report = await self.check_health()
                 if not report.ok:
                     raise Unavailable(f"initial health probe failed: {report.detail}")
@@ -218,125 +207,29 @@ class Bridge:
         return await self._submit(draft)
 
     async def _submit(self, draft: EventDraft) -> StoredEvent:
-        queue = self._queue
-        if queue is None or self.state in (BridgeState.CLOSED, BridgeState.UNINITIALIZED):
+        appender = self._appender
+        if appender is None or self.state in (BridgeState.CLOSED, BridgeState.UNINITIALIZED):
             raise Unavailable("the bridge is not running")
-        future: asyncio.Future[StoredEvent] = asyncio.get_running_loop().create_future()
-        await queue.put(_Pending(draft, future, time.perf_counter()))
-        return await future
+        return await appender.submit(draft)
 
-    async def _append_loop(self) -> None:
-        """Group-append what is queued; retry an outage, isolate a rejected event.
+    async def _append(self, drafts: list[EventDraft]) -> list[StoredEvent]:
+        return await self.log.append(drafts)
 
-        * A transient failure (:class:`LogUnavailable`, an OS error, an
-          append that exceeds ``append_timeout_s``) keeps the batch at the
-          head of the line and retries it with backoff: nothing is dropped,
-          order is kept, and ``emit()`` callers wait.
-        * A permanent failure (anything else: an integrity error, a
-          projector bug) rolled its append back. With several events in the
-          batch the appender then appends them one at a time, so only the
-          event at fault fails its ``emit()``; everyone else goes on.
-
-        Each attempt runs in a task of its own and is awaited through a
-        shield, so stopping the appender never abandons an append whose
-        commit may still land: :meth:`close` settles it.
-        """
-        assert self._queue is not None
-        queue = self._queue
-        while True:
-            if not self._inflight:
-                batch = [await queue.get()]
-                while len(batch) < self.settings.append_batch and not queue.empty():
-                    batch.append(queue.get_nowait())
-                # Sampled once per batch (not per emit): the events left behind it.
-                self.metrics.emit_buffer.set(queue.qsize())
-                self._inflight = batch
-                self._isolating = False
-            take = self._inflight[:1] if self._isolating else list(self._inflight)
-            attempt = asyncio.ensure_future(self._append_once([p.draft for p in take]))
-            self._attempt = (take, attempt)
-            try:
-                stored = await asyncio.shield(attempt)
-            except asyncio.CancelledError:
-                raise  # stopping: close() settles the attempt
-            except Exception as exc:
-                self._attempt = None
-                if _transient(exc):
-                    self._inflight = _retried(self._inflight)
-                    await self._append_failed(exc)
-                elif len(take) > 1:
-                    self._isolating = True  # find the event at fault, one at a time
-                else:
-                    self._reject(take[0], exc)
-                continue
-            self._attempt = None
-            self._settle(take, stored)
-
-    async def _append_once(self, drafts: list[EventDraft]) -> list[StoredEvent]:
-        """One append attempt, with a deadline: a log that never answers is an outage."""
-        try:
-            async with asyncio.timeout(self.settings.append_timeout_s):
-                return await self.log.append(drafts)
-        except TimeoutError as exc:
-            raise LogUnavailable(
-                f"the append did not finish within {self.settings.append_timeout_s:g} s"
-            ) from exc
-
-    def _settle(self, take: list[_Pending], stored: list[StoredEvent]) -> None:
-        """Hand committed events to their ``emit()`` callers."""
-        assert self._queue is not None
-        del self._inflight[: len(take)]
-        if "append" in self._faults:
-            self._clear_fault("append")
-        now = time.perf_counter()
-        self.metrics.append_batch_size.observe(len(take))
-        self.metrics.append_latency.observe_many([now - p.queued_at for p in take])
-        self.metrics.emit_buffer.set(self._queue.qsize())
-        self._count_emitted(take)
-        for p, ev in zip(take, stored, strict=True):
-            if not p.future.done():
-                p.future.set_result(ev)
-            self._queue.task_done()
-
-    def _reject(self, pending: _Pending, exc: BaseException) -> None:
-        """Fail one event the log refused for good; the bridge goes on."""
-        assert self._queue is not None
-        del self._inflight[:1]
-        self.metrics.append_failures.inc()
-        draft = pending.draft
-        logger.error(
-            "the log refused event %s (%s of run %s): %s",
-            draft.event_id, draft.type, draft.run_id, exc, exc_info=exc,
-        )  # fmt: skip
-        if not pending.future.done():
-            pending.future.set_exception(
-                exc if isinstance(exc, AgentcastError) else AppendRejected(str(exc))
-            )
-        self._queue.task_done()
-
-    def _count_emitted(self, batch: list[_Pending]) -> None:
-        """``events_emitted`` by type: one locked increment per type per batch, not per event.
-
-        The health probe's canaries are not emitted events and are not counted.
-        """
-        tally: dict[str, int] = {}
-        for p in batch:
-            draft = p.draft
-            if draft.thread_id != HEALTH_THREAD:
-                tally[draft.type] = tally.get(draft.type, 0) + 1
-        for event_type, n in tally.items():
-            counter = self._emitted.get(event_type)
-            if counter is None:  # one .labels() lookup per type
-                counter = self._emitted[event_type] = self.metrics.events_emitted.labels(
-                    type=event_type
-                )
-            counter.inc(n)
+    @property
+    def buffered(self) -> int:
+        """Events accepted by ``emit()`` and not yet appended (queued or in flight)."""
+        return 0 if self._appender is None else self._appender.waiting
 
     async def _append_failed(self, exc: BaseException) -> None:
+        """The appender's outage: DEGRADED, then wait the backoff before its retry."""
         self.metrics.append_failures.inc()
         logger.warning("append failed (%s); retrying", exc)
         self._fault("append", f"append failed: {exc}")
         await asyncio.sleep(self._backoff())
+
+    def _append_succeeded(self) -> None:
+        if "append" in self._faults:
+            self._clear_fault("append")
 
     # Health and recovery ---------------------------------------------------------
 
@@ -538,27 +431,11 @@ class Bridge:
             return
         self._closing = True
         timeout = self.settings.shutdown_grace_s if drain_timeout is None else drain_timeout
-        if self._queue is not None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._queue.join()  # every event appended (or failed loudly)
+        if self._appender is not None:
+            await self._appender.drain(timeout)  # every event appended (or failed loudly)
         await self._stop_tasks()
-        if self._attempt is not None:
-            take, attempt = self._attempt
-            self._attempt = None
-            await asyncio.wait({attempt})
-            if not attempt.cancelled() and attempt.exception() is None:
-                self._settle(take, attempt.result())
-        leftovers = list(self._inflight)
-        if self._queue is not None:
-            while not self._queue.empty():
-                leftovers.append(self._queue.get_nowait())
-        for p in leftovers:
-            if not p.future.done():
-                p.future.set_exception(
-                    Unavailable("the bridge closed before this event was appended")
-                )
-        self._inflight = []
+        if self._appender is not None:
+            await self._appender.close()
         if self.state is not BridgeState.UNINITIALIZED:
             await _close_logged(self.log)
         self._lifecycle.transition(BridgeState.CLOSED, "closed")
@@ -567,19 +444,6 @@ class Bridge:
         self.metrics.set_state(new)
         log = logger.warning if new in (BridgeState.DEGRADED, BridgeState.FAILED) else logger.info
         log("bridge %s -> %s (%s)", old, new, reason)
-
-
-def _transient(exc: BaseException) -> bool:
-    """An outage worth retrying, as opposed to a refusal of the event itself."""
-    return isinstance(exc, LogUnavailable | OSError | TimeoutError)
-
-
-def _retried(batch: list[_Pending]) -> list[_Pending]:
-    """The batch for its next attempt: the last one may have committed, so no draft is fresh."""
-    for pending in batch:
-        if pending.draft.fresh:
-            pending.draft = msgspec.structs.replace(pending.draft, fresh=False)
-    return batch
 
 
 async def _close_logged(log: EventLog) -> None:

@@ -457,9 +457,8 @@ async def test_a_cancel_while_agent_started_waits_for_room_keeps_it(
     held = await engine.runner.start_run("bob", "echo", "its append is held")
     await within(seconds(5), gate.held.wait(), "the first append")
     filler = await engine.runner.start_run("carol", "echo", "fills the buffer")
-    queue = engine.bridge._queue  # the emit buffer (white box: the point of the test)
-    assert queue is not None
-    await wait_until(queue.full, message="the emit buffer to fill")
+    # One event in flight (held) and one queued: the buffer of one is full.
+    await wait_until(lambda: engine.bridge.buffered == 2, message="the emit buffer to fill")
     ticket = await engine.runner.start_run("alice", "echo", "x")
     await wait_until(lambda: engine.runner.running_count == 3, message="alice's run to start")
     await engine.runner.cancel("alice", run_id=ticket.run_id)  # while it waits for room

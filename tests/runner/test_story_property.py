@@ -105,12 +105,7 @@ async def _diagnose(engine: Engine, thread_id: str) -> str:
     story = decode_all(await engine.bridge.read(thread_id, 0, 1_000_000))
     out = io.StringIO()
     bridge = engine.bridge
-    queue = bridge._queue
-    print(
-        f"bridge {bridge.state} faults={bridge.faults} queued={queue.qsize() if queue else None} "
-        f"inflight={len(bridge._inflight)} attempt={bridge._attempt is not None}",
-        file=out,
-    )
+    print(f"bridge {bridge.state} faults={bridge.faults} buffered={bridge.buffered}", file=out)
     for state in list(engine.runner._states.values()):
         if state.record.thread_id == thread_id:
             print(

@@ -499,6 +499,59 @@ async def _rotate_epochs(db: SqliteDatabase) -> int:
         await db.close()
 
 
+# --- settings ------------------------------------------------------------------------
+
+
+@app.command("settings")
+def settings_command(
+    host: Annotated[str | None, typer.Option(help="As for serve.", show_default=False)] = None,
+    port: Annotated[int | None, typer.Option(help="As for serve.", show_default=False)] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="As for serve.", show_default=False)
+    ] = None,
+    log_backend: Annotated[
+        Literal["sqlite", "memory"] | None,
+        typer.Option(help="As for serve.", show_default=False),
+    ] = None,
+    sqlite_synchronous: Annotated[
+        Literal["FULL", "NORMAL"] | None,
+        typer.Option(help="As for serve.", show_default=False),
+    ] = None,
+    shutdown_grace: Annotated[
+        float | None, typer.Option(help="As for serve.", show_default=False)
+    ] = None,
+) -> None:
+    """Print every setting's effective value and where it came from: default, environment, flag.
+
+    Takes the flags of `serve`, so `agentcast settings --port 9000` shows what
+    `agentcast serve --port 9000` would run with. Secrets (the JWT secret, the
+    public key) are printed as ***. Exits 2, naming each bad field, when a value
+    breaks its rule.
+    """
+    # The flags deliberately have no envvar= (unlike serve's): a value read
+    # from the environment must be reported as "environment", not "flag".
+    from .settings import SECTIONS, InvalidSetting, env_name, is_secret, load_settings
+
+    try:
+        model, origins = load_settings(
+            host=host,
+            port=port,
+            data_dir=data_dir,
+            log_backend=log_backend,
+            sqlite_synchronous=sqlite_synchronous,
+            shutdown_grace_s=shutdown_grace,
+        )
+    except InvalidSetting as exc:
+        _fail(f"invalid setting: {exc.message}", code=2)
+    for section, section_model in SECTIONS.items():
+        typer.echo(f"[{section}]")
+        values = getattr(model, section)
+        for name in section_model.model_fields:
+            value = getattr(values, name)
+            shown = "***" if is_secret(name) and value is not None else _show(value)
+            typer.echo(f"  {env_name(name)}={shown}  ({origins[name]})")
+
+
 # --- bench ---------------------------------------------------------------------------
 
 

@@ -1,82 +1,82 @@
-"""Engine settings: every limit with its documented default (docs/architecture.md invariant 6).
+"""Engine settings: the engine's view of :class:`agentcast.settings.AgentcastSettings`.
 
 Settings are a frozen dataclass so that a bridge, a runner and a test can each
-hold their own without touching process-wide state. :meth:`EngineSettings.from_env`
-reads ``AGENTCAST_*`` variables; the table in ``docs/operations.md`` lists them.
+hold their own without touching process-wide state, and building one stays
+cheap. Its defaults and rules are not declared here but taken from the one
+settings model (``agentcast.settings``), so the engine, the gateway and
+``docs/operations.md`` cannot disagree. :meth:`EngineSettings.from_env` reads
+``AGENTCAST_*`` variables; the table in ``docs/operations.md`` lists them.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from .errors import InvalidInput
+from .settings import LogBackend, Synchronous, check_field, default_of, read_env
 
 __all__ = ["EngineSettings"]
 
-LogBackend = Literal["sqlite", "memory"]
-Synchronous = Literal["FULL", "NORMAL"]
+
+def _d(name: str) -> Any:
+    """The model's default of ``name`` (immutable values only; Path is)."""
+    return default_of(name)
 
 
 @dataclass(frozen=True, slots=True)
 class EngineSettings:
-    """Everything below the network that can be tuned, with safe defaults."""
+    """Everything below the network that can be tuned, with safe defaults.
+
+    Every field is a field of :class:`agentcast.settings.AgentcastSettings`
+    (sections ``log``, ``agents`` and ``engine``) with the same name, default
+    and rule; constructing one validates each value against that rule and
+    raises :class:`agentcast.settings.InvalidSetting` (an ``InvalidInput``)
+    naming the field.
+    """
 
     #: Where the SQLite database and the lock file live.
-    data_dir: Path = field(default_factory=lambda: Path(".agentcast"))
+    data_dir: Path = field(default_factory=lambda: Path(_d("data_dir")))
     #: ``sqlite`` (durable, the default) or ``memory`` (tests; history lost on restart).
-    log_backend: LogBackend = "sqlite"
+    log_backend: LogBackend = _d("log_backend")  # noqa: RUF009 - a str, immutable
     #: ``FULL`` (durable across power loss, the default) or ``NORMAL`` (opt-in,
     #: faster; a power loss may lose the last commits, never reissue a seq).
-    sqlite_synchronous: Synchronous = "FULL"
+    sqlite_synchronous: Synchronous = _d("sqlite_synchronous")  # noqa: RUF009 - a str
 
     # --- events and tools
-    max_value_bytes: int = 256 * 1024
-    text_coalesce_ms: float = 30.0
-    tool_timeout_s: float = 60.0
-    tool_concurrency: int = 4
+    max_value_bytes: int = _d("max_value_bytes")
+    text_coalesce_ms: float = _d("text_coalesce_ms")
+    tool_timeout_s: float = _d("tool_timeout_s")
+    tool_concurrency: int = _d("tool_concurrency")
 
     # --- runs
-    run_timeout_s: float = 300.0
-    max_runs_per_user: int = 3
-    max_queued_per_user: int = 20
-    max_queued_per_thread: int = 10
-    max_concurrent_runs: int = 100
-    shutdown_grace_s: float = 10.0
+    run_timeout_s: float = _d("run_timeout_s")
+    max_runs_per_user: int = _d("max_runs_per_user")
+    max_queued_per_user: int = _d("max_queued_per_user")
+    max_queued_per_thread: int = _d("max_queued_per_thread")
+    max_concurrent_runs: int = _d("max_concurrent_runs")
+    shutdown_grace_s: float = _d("shutdown_grace_s")
 
     # --- bridge health and recovery
-    init_timeout_s: float = 30.0
-    health_interval_s: float = 60.0
-    probe_timeout_s: float = 5.0
-    recovery_base_s: float = 1.0
-    recovery_max_s: float = 30.0
-    recovery_attempts: int = 6
-    emit_buffer: int = 10_000
-    append_batch: int = 512
+    init_timeout_s: float = _d("init_timeout_s")
+    health_interval_s: float = _d("health_interval_s")
+    probe_timeout_s: float = _d("probe_timeout_s")
+    recovery_base_s: float = _d("recovery_base_s")
+    recovery_max_s: float = _d("recovery_max_s")
+    recovery_attempts: int = _d("recovery_attempts")
+    emit_buffer: int = _d("emit_buffer")
+    append_batch: int = _d("append_batch")
     #: An append that has not committed within this is an outage (retried).
-    append_timeout_s: float = 30.0
+    append_timeout_s: float = _d("append_timeout_s")
 
     # --- log
-    tail_events_per_thread: int = 1024
+    tail_events_per_thread: int = _d("tail_events_per_thread")
 
     def __post_init__(self) -> None:
-        if self.log_backend not in ("sqlite", "memory"):
-            raise InvalidInput(f"unknown log backend {self.log_backend!r}")
-        if self.sqlite_synchronous not in ("FULL", "NORMAL"):
-            raise InvalidInput("sqlite_synchronous must be FULL or NORMAL")
-        for name in (
-            "max_runs_per_user",
-            "max_concurrent_runs",
-            "tool_concurrency",
-            "emit_buffer",
-            "append_batch",
-            "recovery_attempts",
-        ):
-            if getattr(self, name) < 1:
-                raise InvalidInput(f"{name} must be >= 1")
+        # Validate (and coerce: "5" -> 5, str -> Path) with the model's rules.
+        for f in fields(self):
+            object.__setattr__(self, f.name, check_field(f.name, getattr(self, f.name)))
 
     def with_(self, **changes: Any) -> EngineSettings:
         """A copy with ``changes`` applied (validated again)."""
@@ -85,26 +85,6 @@ class EngineSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> EngineSettings:
         """Build settings from ``AGENTCAST_<FIELD>`` variables, then ``overrides``."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get(f"AGENTCAST_{f.name.upper()}")
-            if raw is None:
-                continue
-            values[f.name] = _parse(f.name, raw, cls.__dataclass_fields__[f.name].type)
+        values = read_env(environ, only={f.name for f in fields(cls)})
         values.update(overrides)
         return cls(**values)
-
-
-def _parse(name: str, raw: str, annotation: Any) -> Any:
-    text = str(annotation)
-    try:
-        if text == "Path":
-            return Path(raw)
-        if text.startswith("int"):
-            return None if raw.lower() in ("", "none") else int(raw)
-        if text == "float":
-            return float(raw)
-    except ValueError:
-        raise InvalidInput(f"AGENTCAST_{name.upper()}={raw!r} is not a number") from None
-    return raw

@@ -3,13 +3,17 @@
 They live in one frozen dataclass so that the runner can build them once from
 configuration and hand the same value to every run: nothing an agent does can
 change another run's limits (docs/architecture.md invariant 6, "Bounded everything").
+The class is the ``agents`` section of :class:`agentcast.settings.AgentcastSettings`
+seen by one run: defaults and rules come from there, so they match the
+``AGENTCAST_*`` variables of the same names.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
-from .. import events
+from ..settings import check_field, default_of
 
 __all__ = ["AgentSettings"]
 
@@ -30,19 +34,23 @@ class AgentSettings:
         max_value_bytes: Tool parameters, tool results and custom values larger
             than this (as JSON) are replaced by a truncation marker
             (:func:`agentcast.events.bounded_json`).
+
+    Raises:
+        agentcast.settings.InvalidSetting: (a ``ValueError``) a value breaks its
+            rule: ``text_coalesce_ms >= 0``, ``tool_timeout_s > 0``,
+            ``tool_concurrency >= 1``, ``max_value_bytes >= 64``.
     """
 
-    text_coalesce_ms: float = 30
-    tool_timeout_s: float = 60
-    tool_concurrency: int = 4
-    max_value_bytes: int = events.DEFAULT_MAX_VALUE_BYTES
+    text_coalesce_ms: float = default_of("text_coalesce_ms")
+    tool_timeout_s: float = default_of("tool_timeout_s")
+    tool_concurrency: int = default_of("tool_concurrency")
+    max_value_bytes: int = default_of("max_value_bytes")
 
     def __post_init__(self) -> None:
-        if self.text_coalesce_ms < 0:
-            raise ValueError("text_coalesce_ms must be >= 0")
-        if self.tool_timeout_s <= 0:
-            raise ValueError("tool_timeout_s must be > 0")
-        if self.tool_concurrency < 1:
-            raise ValueError("tool_concurrency must be >= 1")
-        if self.max_value_bytes < 64:
-            raise ValueError("max_value_bytes must be >= 64")
+        for f in fields(self):
+            object.__setattr__(self, f.name, check_field(f.name, getattr(self, f.name)))
+
+    @classmethod
+    def of(cls, settings: Any) -> AgentSettings:
+        """The agent settings of anything with these attributes (``EngineSettings``)."""
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})

@@ -52,6 +52,7 @@ import msgspec
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
+from .errors import ClientError
 from .events import Event, EventType
 from .protocol import (
     NO_RECONNECT_CLOSE_CODES,
@@ -85,22 +86,6 @@ DEFAULT_MAX_BUFFER: Final = 10_000
 
 
 _F = TypeVar("_F", RunAccepted, Subscribed, Unsubscribed, CancelAccepted, Pong)
-
-
-class ClientError(Exception):
-    """A request failed (an ``error`` frame), or the connection cannot continue.
-
-    ``code`` is a wire error code (``not_found``, ``run_active`` …) or one of
-    the client's own: ``disconnected`` (the request's connection dropped),
-    ``unauthorized`` (refused credentials or close 4401), ``timeout`` (no
-    reply within ``request_timeout``), ``closed``, ``bad_frame`` (the server
-    sent a frame that cannot be read, so an event may be hidden in it).
-    """
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ import msgspec
 from .errors import (
     CLOSE_CODE_EXPLANATIONS,
     ERROR_CODE_EXPLANATIONS,
+    NO_RECONNECT_CLOSE_CODES,
     AgentcastError,
     CloseCode,
     ErrorCode,
@@ -79,9 +80,6 @@ __all__ = [
 
 #: The subprotocol the server selects when a client offers it.
 SUBPROTOCOL: Final = "agentcast.v1"
-
-#: After these close codes a client must not reconnect by itself.
-NO_RECONNECT_CLOSE_CODES: Final = frozenset({CloseCode.UNAUTHORIZED})
 
 #: A request id: whatever the client chose, echoed back unchanged (never coerced).
 Ref = str | int

@@ -39,6 +39,7 @@ import jwt
 from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocket
 
+from ..errors import AuthError
 from .settings import GatewaySettings
 
 __all__ = [
@@ -72,20 +73,6 @@ class Principal:
     user_id: str
     expires_at: float | None
     via: Literal["header", "subprotocol", "ticket"]
-
-
-class AuthError(Exception):
-    """Credentials missing or refused; carries the HTTP status to answer with.
-
-    Args:
-        reason: Why, safe to show to the client (never the token itself).
-        status_code: 401 (no or bad credentials) or 403.
-    """
-
-    def __init__(self, reason: str, status_code: int = 401) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.status_code = status_code
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from ..engine import Engine
+from ..errors import CloseCode
 from .metrics import GatewayMetrics
 from .settings import GatewaySettings
 
@@ -156,7 +157,7 @@ class Gateway:
             except Exception:
                 logger.exception("draining connection %s at shutdown failed", _name(conn))
             try:
-                await conn.close(1001, "server shutting down")
+                await conn.close(CloseCode.GOING_AWAY, "server shutting down")
             except Exception:
                 logger.exception("closing connection %s at shutdown failed", _name(conn))
 

@@ -2,9 +2,11 @@
 
 Every error body is ``{"type", "title", "status", "detail", "code"}``. ``code``
 is the same stable code a WebSocket ``error`` frame carries
-(:class:`agentcast.errors.ErrorCode`), plus ``unauthorized`` and ``forbidden``
-for credentials, which only HTTP needs (a WebSocket refuses the handshake or
-closes with 4401 instead). ``type`` is ``urn:agentcast:problem:<code>``.
+(:class:`agentcast.errors.ErrorCode`); ``unauthorized`` and ``forbidden`` only
+ever reach HTTP (a WebSocket refuses the handshake or closes with the code's
+close code instead). ``type`` is ``urn:agentcast:problem:<code>``. Status and
+title come from :data:`agentcast.errors.ERRORS`, the table every transport
+answers from, so HTTP cannot disagree with a WebSocket about a code.
 
 An ``internal`` problem never carries the exception's text: it is logged, and
 the client gets a fixed sentence (docs/architecture.md: errors reveal nothing).
@@ -17,6 +19,7 @@ endpoint can forget one of them.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Final
 
@@ -25,8 +28,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..errors import ERROR_CODE_EXPLANATIONS, AgentcastError, ErrorCode, InvalidInput
-from .auth import AuthError, Principal
+from ..errors import ERRORS, AgentcastError, AuthError, ErrorCode, InvalidInput, spec_of
+from .auth import Principal
 
 if TYPE_CHECKING:
     from .context import Gateway
@@ -48,35 +51,14 @@ logger = logging.getLogger(__name__)
 
 PROBLEM_CONTENT_TYPE: Final = "application/problem+json"
 
-#: The HTTP status of each wire code (a subclass may override with ``http_status``).
-STATUS_OF_CODE: Final[dict[str, int]] = {
-    ErrorCode.BAD_JSON: 400,
-    ErrorCode.INVALID_MESSAGE: 422,
-    ErrorCode.UNKNOWN_TYPE: 400,
-    ErrorCode.NOT_FOUND: 404,
-    ErrorCode.RUN_ACTIVE: 409,
-    ErrorCode.LIMIT_EXCEEDED: 429,
-    ErrorCode.RATE_LIMITED: 429,
-    ErrorCode.UNAVAILABLE: 503,
-    ErrorCode.INTERNAL: 500,
-}
+_INTERNAL_DETAIL: Final = ERRORS[ErrorCode.INTERNAL].meaning
 
-#: One short, fixed title per code (``detail`` says what happened this time).
-TITLES: Final[dict[str, str]] = {
-    ErrorCode.BAD_JSON: "Malformed JSON",
-    ErrorCode.INVALID_MESSAGE: "Invalid request",
-    ErrorCode.UNKNOWN_TYPE: "Unknown type",
-    ErrorCode.NOT_FOUND: "Not found",
-    ErrorCode.RUN_ACTIVE: "Run already active",
-    ErrorCode.LIMIT_EXCEEDED: "Limit exceeded",
-    ErrorCode.RATE_LIMITED: "Rate limited",
-    ErrorCode.UNAVAILABLE: "Unavailable",
-    ErrorCode.INTERNAL: "Internal error",
-    "unauthorized": "Unauthorized",
-    "forbidden": "Forbidden",
+#: The code of each HTTP status exactly one row of the table answers with.
+_CODE_OF_STATUS: Final[dict[int, ErrorCode]] = {
+    spec.http_status: code
+    for code, spec in ERRORS.items()
+    if Counter(other.http_status for other in ERRORS.values())[spec.http_status] == 1
 }
-
-_INTERNAL_DETAIL: Final = ERROR_CODE_EXPLANATIONS[ErrorCode.INTERNAL]
 
 
 class BadRequest(InvalidInput):
@@ -100,11 +82,12 @@ class PayloadTooLarge(InvalidInput):
 def problem(
     status: int, code: str, detail: str, *, headers: Mapping[str, str] | None = None
 ) -> Response:
-    """A problem+json response."""
+    """A problem+json response; its ``title`` is the code's row in :data:`ERRORS`."""
+    spec = spec_of(code)
     body = msgspec.json.encode(
         {
             "type": f"urn:agentcast:problem:{code}",
-            "title": TITLES.get(code, "Error"),
+            "title": spec.title if spec is not None else "Error",
             "status": status,
             "detail": detail,
             "code": code,
@@ -114,23 +97,30 @@ def problem(
 
 
 def error_problem(exc: AgentcastError) -> Response:
-    """The problem for an :class:`AgentcastError` (internal ones reveal nothing)."""
-    code = exc.code
-    if code is ErrorCode.INTERNAL:
+    """The problem for an :class:`AgentcastError`, status and title from its row.
+
+    Internal ones reveal nothing; credentials get :func:`auth_problem`'s
+    ``WWW-Authenticate``; a retryable code gets ``Retry-After``.
+    """
+    if isinstance(exc, AuthError):
+        return auth_problem(exc)
+    spec = exc.error_spec
+    if spec is ERRORS[ErrorCode.INTERNAL]:
         return internal_problem()
-    status = getattr(exc, "http_status", None) or STATUS_OF_CODE[code]
-    headers = {"Retry-After": "1"} if exc.retryable else None
-    return problem(status, code, exc.message, headers=headers)
+    status = exc.http_status or spec.http_status
+    headers = {"Retry-After": "1"} if spec.retryable else None
+    return problem(status, exc.code, exc.message, headers=headers)
 
 
 def auth_problem(exc: AuthError) -> Response:
-    """401 (with ``WWW-Authenticate: Bearer``, RFC 6750) or 403."""
-    if exc.status_code == 403:
-        return problem(403, "forbidden", exc.reason)
+    """401 (with ``WWW-Authenticate: Bearer``, RFC 6750) or 403, from the table."""
+    status = ERRORS[ErrorCode(exc.code)].http_status
+    if exc.code is not ErrorCode.UNAUTHORIZED:
+        return problem(status, exc.code, exc.reason)
     reason = exc.reason.replace('"', "'")
     return problem(
-        401,
-        "unauthorized",
+        status,
+        exc.code,
         exc.reason,
         headers={
             "WWW-Authenticate": (
@@ -142,14 +132,18 @@ def auth_problem(exc: AuthError) -> Response:
 
 def internal_problem() -> Response:
     """500 with a fixed detail: the cause is in the server log only."""
-    return problem(500, ErrorCode.INTERNAL, _INTERNAL_DETAIL)
+    return problem(ERRORS[ErrorCode.INTERNAL].http_status, ErrorCode.INTERNAL, _INTERNAL_DETAIL)
 
 
 def http_exception_problem(exc: HTTPException) -> Response:
-    """Starlette's own errors (no route, wrong method) in the same shape."""
-    code = ErrorCode.NOT_FOUND if exc.status_code == 404 else ErrorCode.INVALID_MESSAGE
+    """Starlette's own errors (no route, wrong method) in the same shape.
+
+    The code is the one row with that status (404 → ``not_found``); a status
+    no single row owns (405 …) is ``invalid_message``: the request is wrong.
+    """
     if exc.status_code >= 500:
         return internal_problem()
+    code = _CODE_OF_STATUS.get(exc.status_code, ErrorCode.INVALID_MESSAGE)
     return problem(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
 

@@ -43,7 +43,15 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 from .. import __version__
-from ..errors import AgentcastError, CloseCode, ErrorCode
+from ..errors import (
+    ERRORS,
+    AgentcastError,
+    CloseCode,
+    ErrorCode,
+    InternalError,
+    InvalidInput,
+    RateLimited,
+)
 from ..protocol import (
     Cancel,
     CancelAccepted,
@@ -84,6 +92,8 @@ CLOSE_TIMEOUT_S: Final = 10.0
 #: Consecutive rate-limited frames after which only every Nth gets a reply,
 #: so a flood cannot turn into a flood of error frames.
 _RATE_REPLY_EVERY: Final = 16
+#: The message of every ``internal`` error frame and 1011 close: nothing is revealed.
+_INTERNAL_MESSAGE: Final = "internal error"
 #: A cancel with one of these statuses takes effect: the run's terminal event is still to come.
 _CANCELLING: Final = frozenset({RunStatus.QUEUED, RunStatus.RUNNING})
 
@@ -125,7 +135,7 @@ async def _refuse(websocket: WebSocket, exc: AuthError) -> None:
             PlainTextResponse(exc.reason, status_code=exc.status_code)
         )
     else:
-        await websocket.close(code=CloseCode.UNAUTHORIZED, reason=exc.reason[:120])
+        await websocket.close(code=_close_code(ErrorCode.UNAUTHORIZED), reason=exc.reason[:120])
 
 
 class WsConnection:
@@ -183,7 +193,7 @@ class WsConnection:
                 )
             )
             if self.gateway.closing:
-                self.fail(CloseCode.GOING_AWAY, "server shutting down")
+                self.fail(_close_code(ErrorCode.UNAVAILABLE), "server shutting down")
             self._reader = asyncio.current_task()
             await self._read_loop()
         except asyncio.CancelledError:
@@ -270,26 +280,26 @@ class WsConnection:
             self._limited += 1
             if self._limited % _RATE_REPLY_EVERY == 1:
                 message = f"more than {self._bucket.rate:g} frames/s; slow down"
-                self._error(ErrorCode.RATE_LIMITED, message, _peek_ref(data))
+                self._error(RateLimited(message), _peek_ref(data))
             return
         self._limited = 0
         if isinstance(data, bytes):
             ref = _peek_ref(data)
-            self._error(ErrorCode.INVALID_MESSAGE, "binary frames are not accepted", ref)
+            self._error(InvalidInput("binary frames are not accepted"), ref)
             return
         try:
             command = parse_client_frame(data)
         except ProtocolError as exc:
-            self._error(exc.code, exc.message, exc.ref)
+            self._error(exc, exc.ref)
             return
         try:
             await self._dispatch(command)
         except AgentcastError as exc:
-            self._error(exc.code, exc.message, command.id)
+            self._error(exc, command.id)
         except Exception:
             # Invariant: never leak a traceback; the log has it.
             logger.exception("connection %s: %s failed", self.connection_id, command.TYPE)
-            self._error(ErrorCode.INTERNAL, "internal error", command.id)
+            self._error(InternalError(), command.id)
 
     async def _dispatch(self, command: Command) -> None:
         runner = self._engine.runner
@@ -442,8 +452,18 @@ class WsConnection:
         if not self._outbox.put_control(encode_frame(frame)):
             self.fail(CloseCode.SLOW_CONSUMER, "slow consumer: resume from the log")
 
-    def _error(self, code: ErrorCode, message: str, ref: Ref | None) -> None:
-        self._reply(ErrorFrame(code=code.value, message=message, ref=ref))
+    def _error(self, exc: AgentcastError, ref: Ref | None) -> None:
+        """Answer one request with an ``error`` frame whose code is a row of ``ERRORS``.
+
+        A code outside the table, or ``internal``, is sent as ``internal`` with
+        a fixed message: an unexpected failure is logged, never described.
+        """
+        internal = ERRORS[ErrorCode.INTERNAL]
+        if exc.error_spec is internal:
+            frame = ErrorFrame(code=ErrorCode.INTERNAL.value, message=_INTERNAL_MESSAGE, ref=ref)
+        else:
+            frame = ErrorFrame(code=str(exc.code), message=exc.message, ref=ref)
+        self._reply(frame)
 
     # Private methods: writing, timers, tasks
 
@@ -468,7 +488,7 @@ class WsConnection:
 
     async def _expire(self, expires_at: float) -> None:
         await asyncio.sleep(max(0.0, expires_at - time.time()))
-        self.fail(CloseCode.UNAUTHORIZED, "token expired")
+        self.fail(_close_code(ErrorCode.UNAUTHORIZED), "token expired")
 
     def _drained(self, heads: dict[str, int]) -> bool:
         for thread_id, head in heads.items():
@@ -501,7 +521,7 @@ class WsConnection:
             logger.error(
                 "connection %s: task %s died", self.connection_id, task.get_name(), exc_info=exc
             )
-            self.fail(CloseCode.INTERNAL_ERROR, "internal error")
+            self.fail(_close_code(ErrorCode.INTERNAL), _INTERNAL_MESSAGE)
 
     async def _stop_tasks(self, *, keep_reader: bool = False) -> None:
         """Cancel subscriptions, the writer and timers; close followers. Runs keep running."""
@@ -526,6 +546,19 @@ class WsConnection:
 
 def _now() -> float:
     return time.monotonic()
+
+
+def _close_code(code: ErrorCode) -> CloseCode:
+    """The close code of an error that ends the connection, read from ``ERRORS``.
+
+    Raises:
+        LookupError: the code's row has no close code (a bug: only errors with
+            one end a connection).
+    """
+    close_code = ERRORS[code].close_code
+    if close_code is None:
+        raise LookupError(f"error code {code} has no close code")
+    return close_code
 
 
 def _peek_ref(data: str | bytes) -> Ref | None:

@@ -25,13 +25,36 @@
 /** The WebSocket subprotocol of wire contract v1. */
 export const PROTOCOL = "agentcast.v1";
 
-/** Close codes the server uses (docs/protocol.md, "WebSocket"). */
+/**
+ * Close codes the server uses (docs/protocol.md, "Close codes"). Names and values
+ * equal `agentcast.errors.CloseCode`; tests/test_errors.py fails when they drift.
+ */
 export const CloseCode = Object.freeze({
   NORMAL: 1000,
   GOING_AWAY: 1001,
-  TOO_LARGE: 1009,
+  MESSAGE_TOO_BIG: 1009,
+  INTERNAL_ERROR: 1011,
   SLOW_CONSUMER: 4008,
   UNAUTHORIZED: 4401,
+});
+
+/**
+ * Error codes of the server's `error` frames and problem documents (docs/protocol.md,
+ * "Errors: problem+json"). Names and values equal `agentcast.errors.ErrorCode`;
+ * tests/test_errors.py fails when they drift.
+ */
+export const ErrorCode = Object.freeze({
+  BAD_JSON: "bad_json",
+  INVALID_MESSAGE: "invalid_message",
+  UNKNOWN_TYPE: "unknown_type",
+  NOT_FOUND: "not_found",
+  RUN_ACTIVE: "run_active",
+  LIMIT_EXCEEDED: "limit_exceeded",
+  RATE_LIMITED: "rate_limited",
+  UNAVAILABLE: "unavailable",
+  INTERNAL: "internal",
+  UNAUTHORIZED: "unauthorized",
+  FORBIDDEN: "forbidden",
 });
 
 /**
@@ -731,7 +754,12 @@ export class AgentcastClient {
   /** @param {string} reason */
   #unauthorized(reason) {
     this.#emit("unauthorized", { reason });
-    this.#shutdown(ClientErrorCode.UNAUTHORIZED, `unauthorized: ${reason}`, undefined, 4401);
+    this.#shutdown(
+      ClientErrorCode.UNAUTHORIZED,
+      `unauthorized: ${reason}`,
+      undefined,
+      CloseCode.UNAUTHORIZED,
+    );
   }
 
   /**

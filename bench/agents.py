@@ -1,6 +1,6 @@
 """The bench agent: events on an open-loop schedule that carry their own due time.
 
-``agentcast bench`` serves this module with ``--agents bench.agents:registry``.
+``python -m bench`` serves this module with ``--agents bench.agents:registry``.
 A run's message is a :class:`Schedule` (JSON): slot ``i`` is *due* at the
 absolute wall-clock time ``t0 + i * interval`` and the event emitted for it
 carries that time. The agent sleeps until each due time and never waits for a

@@ -1,4 +1,4 @@
-"""What ``agentcast bench`` runs: the servers under test, the presets, the rules.
+"""What ``python -m bench`` runs: the servers under test, the presets, the rules.
 
 Two presets: ``smoke`` (every workload and server, tiny and a few seconds each;
 CI asserts only correctness) and ``full`` (the sizes of the performance targets,

@@ -730,7 +730,7 @@ async def _rpc() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """``--rpc`` (used by bench/run.py) or ``--spec JSON`` for one phase by hand."""
-    parser = argparse.ArgumentParser(description="agentcast bench load generator")
+    parser = argparse.ArgumentParser(description="the load generator of python -m bench")
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--rpc", action="store_true", help="phases on stdin, results on stdout")
     group.add_argument("--spec", help="one phase as JSON")

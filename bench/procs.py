@@ -113,6 +113,8 @@ class Server:
                 str(self.port),
                 "--data-dir",
                 str(self.data_dir),
+                "--agents",  # the built-ins (W3's echo) beside the bench agent
+                "agentcast.agents.builtin:registry",
                 "--agents",
                 "bench.agents:registry",
                 "--log-backend",

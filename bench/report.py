@@ -233,7 +233,7 @@ def targets_table(targets: list[dict[str, Any]]) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """docs/performance.md's ``## Load benchmark (agentcast bench)`` section, from a run."""
+    """docs/performance.md's ``## Load benchmark (python -m bench)`` section, from a run."""
     m = report["machine"]
     v = m["versions"]
     fsync = report["fsync"]
@@ -243,7 +243,7 @@ def markdown(report: dict[str, Any]) -> str:
         if row.get("other_cpu_cores") is not None
     ]
     lines = [
-        "## Load benchmark (agentcast bench)",
+        "## Load benchmark (python -m bench)",
         "",
         f"Command: `{report['command']}` ({report['elapsed_s']} s). Machine: "
         f"{m['nproc']} CPUs ({m['cpu_model']}), Linux {m['kernel']}; server pinned to CPU "

@@ -1,4 +1,4 @@
-"""``agentcast bench``: the load benchmark, end to end, against real server processes.
+"""``python -m bench``: the load benchmark, end to end, against real server processes.
 
 For every workload this orchestrator starts the server under test as its own
 process on 127.0.0.1 — ``python -m agentcast serve`` with the bench agent
@@ -365,9 +365,9 @@ def _terminate_as_exit() -> Iterator[None]:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    """The command line of ``agentcast bench`` and ``python bench/run.py``."""
+    """The command line of ``python -m bench`` and ``python bench/run.py``."""
     parser = argparse.ArgumentParser(
-        prog="agentcast bench",
+        prog="python -m bench",
         description="Load benchmark: agentcast vs a minimal uvicorn + Starlette baseline.",
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="smoke")
@@ -440,14 +440,14 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info(work)
     machine.update({"rlimit_nofile": nofile, "server_cpu": server_cpu, "loadgen_cpu": loadgen_cpu})
     if not args.quiet:
-        print(f"agentcast bench --preset {preset.name}: {', '.join(workloads)}", file=sys.stderr)
+        print(f"python -m bench --preset {preset.name}: {', '.join(workloads)}", file=sys.stderr)
     failure: str | None = None
     try:
         with _terminate_as_exit():
             bench.run(workloads)
     except (RuntimeError, OSError) as exc:
         failure = f"{type(exc).__name__}: {exc}"
-        print(f"agentcast bench: {failure}", file=sys.stderr)
+        print(f"python -m bench: {failure}", file=sys.stderr)
     finally:
         bench.close()
         if created and not args.keep and failure is None:
@@ -461,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     report = {
         "preset": preset.name,
-        "command": "agentcast bench " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv),
         "started": started,
         "elapsed_s": round(time.time() - started, 1),
         "machine": machine,

@@ -181,12 +181,23 @@ def serve(
     ] = None,
     log_level: Annotated[str, typer.Option(help="critical, error, warning, info, debug.")] = "info",
     access_log: Annotated[bool, typer.Option(help="Log every HTTP request.")] = False,
+    dev: Annotated[
+        bool,
+        typer.Option(
+            "--dev",
+            help="Development mode: loopback only; without a configured key, sign with a "
+            "random key of the data directory and write a dev token for the CLI and page.",
+        ),
+    ] = False,
 ) -> None:
     """Serve the gateway: WebSocket, HTTP API, SSE, web page, health and metrics.
 
-    SIGTERM or Ctrl-C shuts down in order: runs finish within the grace period,
-    the rest are cancelled, clients receive those events, then connections close
-    with 1001. A second signal exits at once.
+    Without a configured key (AGENTCAST_JWT_SECRET, AGENTCAST_JWT_PUBLIC_KEY or
+    AGENTCAST_JWKS_URL) it refuses to start unless --dev. The built-in agents
+    are served unless --agents is given (name agentcast.agents.builtin:registry
+    to keep them). SIGTERM or Ctrl-C shuts down in order: runs finish within the
+    grace period, the rest are cancelled, clients receive those events, then
+    connections close with 1001. A second signal exits at once.
     """
     from .gateway.server import ServeError, ServeInfo, run_server
 
@@ -205,6 +216,12 @@ def serve(
     console = Console(highlight=False)
 
     def ready(info: ServeInfo) -> None:
+        if info.dev:
+            console.print(
+                "[bold yellow on red] DEVELOPMENT MODE [/] [bold]loopback only; "
+                "tokens signed with this data directory's own key. "
+                "Not for production.[/]"
+            )
         console.print(f"[bold green]agentcast {__version__}[/] serving on {info.url}")
         console.print(f"  data directory  {info.data_dir}")
         console.print(f"  open            {info.open_url}", soft_wrap=True)
@@ -214,7 +231,9 @@ def serve(
         console.print('  try             agentcast run "where can we save money?"')
 
     try:
-        orderly = run_server(settings, ready=ready, log_level=log_level, access_log=access_log)
+        orderly = run_server(
+            settings, ready=ready, log_level=log_level, access_log=access_log, dev=dev
+        )
     except DataDirLocked as exc:
         _fail(f"data directory is locked: {exc.message}")
     except ServeError as exc:
@@ -550,21 +569,6 @@ def settings_command(
             value = getattr(values, name)
             shown = "***" if is_secret(name) and value is not None else _show(value)
             typer.echo(f"  {env_name(name)}={shown}  ({origins[name]})")
-
-
-# --- bench ---------------------------------------------------------------------------
-
-
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def bench(ctx: typer.Context) -> None:
-    """Load benchmark against a real server and a baseline (bench/run.py; --help for options).
-
-    ``agentcast bench --preset smoke`` takes seconds; ``--preset full`` measures the
-    targets of docs/performance.md.
-    """
-    from .bench_cli import run_bench
-
-    raise typer.Exit(run_bench(list(ctx.args)))
 
 
 def main() -> None:

@@ -63,7 +63,12 @@ def test_smoke_preset_runs_clean(tmp_path: Path) -> None:
             assert row[key] == 0, (row["workload"], row["server"], key, row[key])
 
 
-def test_run_bench_finds_the_checkout() -> None:
-    from agentcast.bench_cli import find_bench_dir
+def test_the_benchmark_is_not_part_of_the_installed_command_line() -> None:
+    """It runs from a checkout (``python -m bench``, ``make bench``), never ``agentcast bench``."""
+    from typer.testing import CliRunner
 
-    assert find_bench_dir() == REPO / "bench"
+    from agentcast.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "--help"])
+    assert result.exit_code != 0
+    assert (REPO / "bench" / "__main__.py").is_file()

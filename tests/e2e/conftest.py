@@ -25,6 +25,9 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One server for the tests that neither stop nor crash it, with a user's agent too."""
     started = Servers(tmp_path_factory.mktemp("shared"))
     try:
-        yield started.start(None, "--agents", "tests.e2e.my_agents:registry")
+        yield started.start(
+            None, "--agents", "agentcast.agents.builtin:registry",
+            "--agents", "tests.e2e.my_agents:registry",
+        )  # fmt: skip
     finally:
         started.close()

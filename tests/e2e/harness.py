@@ -160,7 +160,7 @@ class Servers:
         log_path = self.root / f"server{len(self.started)}.log"
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "agentcast", "serve", "--port", str(port),
+                [sys.executable, "-m", "agentcast", "serve", "--dev", "--port", str(port),
                  "--data-dir", str(data_dir), *args],
                 cwd=ROOT,
                 env=clean_env(**(env or {})),

@@ -1,6 +1,7 @@
 """A user's own agent with a tool.
 
-Served by ``agentcast serve --agents tests.e2e.my_agents:registry`` beside the built-ins.
+Served by ``agentcast serve --agents agentcast.agents.builtin:registry --agents
+tests.e2e.my_agents:registry`` (naming the built-ins keeps them beside these).
 """
 
 from __future__ import annotations

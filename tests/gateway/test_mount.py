@@ -117,7 +117,11 @@ async def test_create_app_builds_its_engine_and_loads_agents(tmp_path: Path) -> 
     settings = GatewaySettings(
         log_backend="memory",
         data_dir=tmp_path,
-        agents=["tests.gateway.sample_agents:shout", "tests.gateway.sample_agents:registry"],
+        agents=[
+            "agentcast.agents.builtin:registry",
+            "tests.gateway.sample_agents:shout",
+            "tests.gateway.sample_agents:registry",
+        ],
     )
     app = agentcast.create_app(settings)
     gateway: Gateway = app.state.agentcast
@@ -144,6 +148,19 @@ def test_loading_the_same_agents_twice_is_harmless(tmp_path: Path) -> None:
     settings = GatewaySettings(log_backend="memory", data_dir=tmp_path, agents=specs)
     app = create_app(settings, load_agents(specs, builtin_registry()))
     assert "shout" in gateway_of(app).engine.registry
+
+
+def test_named_agents_replace_the_built_ins_and_the_default_agent_must_be_served(
+    tmp_path: Path,
+) -> None:
+    only_mine = GatewaySettings(
+        log_backend="memory", data_dir=tmp_path, agents=["tests.gateway.sample_agents:registry"]
+    )
+    with pytest.raises(ValueError, match="the default agent 'demo' is not served"):
+        create_app(only_mine)
+    app = create_app(only_mine.model_copy(update={"default_agent": "whisper"}))
+    assert "demo" not in gateway_of(app).engine.registry
+    assert "whisper" in gateway_of(app).engine.registry
 
 
 @pytest.mark.parametrize(

@@ -596,7 +596,7 @@ def caught_up(stories: list[Story], heads: dict[str, int]) -> bool:
 async def test_stories_over_websockets(make_ws_server: ServerFactory, backend: str) -> None:
     live = await make_ws_server(
         log_backend=backend,
-        agents=["tests.gateway.story_agents:registry"],
+        agents=["agentcast.agents.builtin:registry", "tests.gateway.story_agents:registry"],
         ws_rate_per_s=1e6,
         ws_rate_burst=1_000_000,
         engine_settings={"run_timeout_s": RUN_TIMEOUT_S},

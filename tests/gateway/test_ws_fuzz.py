@@ -25,6 +25,7 @@ from agentcast.errors import ErrorCode
 from agentcast.events import Event
 from agentcast.protocol import CLIENT_FRAME_TYPES, ErrorFrame, Pong, parse_server_frame
 from tests.gateway.ws_support import LiveServer, start_server, stop_server
+from tests.utils import seconds
 
 EXAMPLES = 110
 FRAMES_PER_EXAMPLE = 100
@@ -53,7 +54,7 @@ def threaded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Thread
         # outlasts the ping interval.
         start_server(path, ws_rate_per_s=1e6, ws_rate_burst=1_000_000, ws_ping_interval_s=3600.0),
         loop,
-    ).result(30)
+    ).result(seconds(30))
     headers = {"Authorization": f"Bearer {live.token()}"}
     try:
         with contextlib.ExitStack() as stack:
@@ -62,12 +63,12 @@ def threaded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Thread
                 for _ in range(CONNECTIONS)
             ]
             for c in clients:
-                assert json.loads(c.recv(5))["type"] == "connection_established"
+                assert json.loads(c.recv(seconds(5)))["type"] == "connection_established"
             yield ThreadedServer(live, loop, thread, clients)
     finally:
-        asyncio.run_coroutine_threadsafe(stop_server(live), loop).result(30)
+        asyncio.run_coroutine_threadsafe(stop_server(live), loop).result(seconds(30))
         loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
+        thread.join(seconds(10))
         loop.close()
 
 
@@ -146,7 +147,7 @@ def test_generated_frames_never_break_the_server(
         marker = f"end-{n}"
         client.send(json.dumps({"type": "ping", "id": marker}))
         while True:
-            raw = client.recv(10)
+            raw = client.recv(seconds(10))
             if check_reply(raw) and json.loads(raw)["ref"] == marker:
                 break
 
@@ -157,7 +158,7 @@ def test_fuzzed_server_still_serves(threaded_server: ThreadedServer) -> None:
     client.send(json.dumps({"type": "start_agent", "agent": "echo", "message": "ok", "id": "fin"}))
     run_id = None
     while True:
-        frame = json.loads(client.recv(10))
+        frame = json.loads(client.recv(seconds(10)))
         if isinstance(frame, dict) and frame.get("ref") == "fin":
             assert frame["type"] == "run_accepted", frame
             run_id = frame["run_id"]

@@ -106,7 +106,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "agentcast", "serve", "--port", str(port)]
+    command = [sys.executable, "-m", "agentcast", "serve", "--dev", "--port", str(port)]
     with log.open("wb") as out:
         process = subprocess.Popen(
             [*command, "--data-dir", str(data_dir)],

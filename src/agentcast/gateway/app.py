@@ -139,7 +139,8 @@ def create_app(
 
     Args:
         settings: Gateway settings (``GatewaySettings()``, i.e. the environment, by default).
-        registry: Agents to serve beside the built-in ones (its names win).
+        registry: Agents to serve beside those of ``settings.agents`` — or, when
+            it names none, beside the built-in ones (its names win).
         engine: An engine to serve instead of building one from
             ``settings.engine_settings()``; ``registry`` and ``settings.agents``
             are added to its registry.
@@ -149,7 +150,9 @@ def create_app(
     """
     settings = settings if settings is not None else GatewaySettings()
     if engine is None:
-        agents = builtin_registry()
+        # The built-in agents are served unless agents are named; to keep them
+        # beside your own, name agentcast.agents.builtin:registry too.
+        agents = AgentRegistry() if settings.agents else builtin_registry()
         if registry is not None:
             agents.merge(registry, replace=True)
         load_agents(settings.agents, agents)
@@ -158,6 +161,13 @@ def create_app(
         if registry is not None:
             engine.registry.merge(registry, replace=True)
         load_agents(settings.agents, engine.registry)
+    if settings.default_agent not in engine.registry:
+        served = ", ".join(engine.registry) or "none"
+        raise ValueError(
+            f"the default agent {settings.default_agent!r} is not served (agents: {served}); "
+            "set AGENTCAST_DEFAULT_AGENT to one of them, or add "
+            "agentcast.agents.builtin:registry to --agents"
+        )
     gateway = Gateway(engine=engine, settings=settings, auth=Authenticator(settings))
 
     routes: list[BaseRoute] = [*health_routes(gateway), *http_routes(gateway), sse_route(gateway)]

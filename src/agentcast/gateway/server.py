@@ -9,12 +9,14 @@ period, the rest are cancelled with their terminal events, connections drain
 and are closed with 1001) while uvicorn keeps serving, and only then tells
 uvicorn to exit. A second signal exits at once.
 
-Before serving, :func:`serve` binds the socket (a port in use fails fast),
+Before serving, :func:`serve` refuses to run without a key to check tokens
+with (unless ``--dev``), binds the socket (a port in use fails fast) and
 starts the engine — which takes the data-directory lock (invariant 10: a
 second ``serve`` on the same directory raises
-:class:`~agentcast.errors.DataDirLocked`) — and writes a development token for
-user ``dev`` to ``<data_dir>/dev-token`` so that the CLI and the web page work
-without any set-up.
+:class:`~agentcast.errors.DataDirLocked`). With ``--dev`` and no key it
+listens on loopback only, signs with a random key of the data directory and
+writes a development token for user ``dev`` to ``<data_dir>/dev-token``, so
+that the CLI and the web page work without any set-up.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import asyncio
 import contextlib
 import copy
 import gc
+import ipaddress
 import logging
 import signal
 import socket
@@ -49,6 +52,7 @@ __all__ = [
     "ServeError",
     "ServeInfo",
     "frozen_startup_heap",
+    "is_loopback",
     "run_server",
     "serve",
 ]
@@ -78,6 +82,7 @@ class ServeInfo:
             the server does not accept HS256 tokens.
         token_path: Where the token was written (``<data_dir>/dev-token``).
         data_dir: The data directory this server owns.
+        dev: Served with ``--dev``: loopback only, a development key.
     """
 
     url: str
@@ -85,6 +90,7 @@ class ServeInfo:
     token: str | None
     token_path: Path | None
     data_dir: Path
+    dev: bool = False
 
 
 class AgentcastServer(uvicorn.Server):
@@ -183,34 +189,60 @@ async def serve(
     ready: Callable[[ServeInfo], None] | None = None,
     log_level: str = "info",
     access_log: bool = False,
+    dev: bool = False,
 ) -> bool:
     """Serve until a signal, shutting down in the order of docs/architecture.md invariant 9.
 
+    Production is not the demo: without a configured key (a JWT secret, a
+    public key or a JWKS URL) the server refuses to start, unless ``dev``.
+    ``dev`` serves on loopback only and, when no key is configured, signs
+    with a random key of the data directory and writes a development token
+    for the CLI and the page — never a token signed with a configured key.
+
     Args:
         settings: Where to listen, the data directory and every limit.
-        registry: Agents to serve beside the built-ins and ``settings.agents``.
+        registry: Agents to serve beside ``settings.agents`` (or the built-ins).
         ready: Called once the server is about to accept connections.
         log_level: uvicorn's and agentcast's log level.
         access_log: Log every HTTP request.
+        dev: Development mode (``agentcast serve --dev``).
 
     Returns:
         ``True`` after an orderly shutdown, ``False`` when a second signal forced it.
 
     Raises:
         DataDirLocked: another process owns ``settings.data_dir``.
-        ServeError: the port cannot be bound, ``--agents`` cannot be loaded, or
-            the authentication settings are inconsistent.
+        ServeError: the port cannot be bound, ``--agents`` cannot be loaded,
+            the default agent is not served, no key is configured (without
+            ``dev``), ``dev`` on a non-loopback host, or the authentication
+            settings are inconsistent.
     """
+    keyless = (
+        settings.jwt_secret is None and settings.jwt_public_key is None and not settings.jwks_url
+    )
+    if dev and not is_loopback(settings.host):
+        raise ServeError(
+            f"--dev serves on this machine only (127.0.0.1, ::1 or localhost), not on "
+            f"{settings.host!r}: configure a key (AGENTCAST_JWT_SECRET, AGENTCAST_JWT_PUBLIC_KEY "
+            "or AGENTCAST_JWKS_URL) and serve without --dev"
+        )
+    if keyless and not dev:
+        raise ServeError(
+            "no key to check tokens with: set AGENTCAST_JWT_SECRET (HS256), or "
+            "AGENTCAST_JWT_PUBLIC_KEY or AGENTCAST_JWKS_URL; to try agentcast on this "
+            "machine, run `agentcast serve --dev`"
+        )
     data_dir = settings.data_dir
     await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
-    if settings.jwt_secret is None and settings.jwt_public_key is None and not settings.jwks_url:
+    mint = dev and keyless  # a development token, never one signed with a configured key
+    if mint:
         secret = await asyncio.to_thread(load_or_create_dev_secret, data_dir)
         settings = settings.model_copy(update={"jwt_secret": secret})
     sock = _bind(settings.host, settings.port)
     try:
         try:
             app = create_app(settings, registry)
-        except ValueError as exc:  # --agents, or keys without issuer/audience
+        except ValueError as exc:  # --agents, the default agent, keys without issuer/audience
             raise ServeError(str(exc)) from exc
         gateway: Gateway = app.state.agentcast
         try:
@@ -224,7 +256,7 @@ async def serve(
             token: str | None = None
             token_path: Path | None = None
             open_url = url
-            if "HS256" in settings.jwt_algorithms:
+            if mint and "HS256" in settings.jwt_algorithms:
                 token = gateway.auth.mint_token(DEV_USER, ttl_s=settings.dev_token_ttl_s)
                 token_path = await asyncio.to_thread(write_dev_token, data_dir, token)
                 open_url = f"{url}/#token={token}"
@@ -232,7 +264,7 @@ async def serve(
             config.load()  # uvicorn's protocol modules, imported before the freeze
             server = AgentcastServer(config, gateway)
             if ready is not None:
-                ready(ServeInfo(url, open_url, token, token_path, data_dir.resolve()))
+                ready(ServeInfo(url, open_url, token, token_path, data_dir.resolve(), dev))
             with frozen_startup_heap():
                 try:
                     await server.serve(sockets=[sock])
@@ -273,11 +305,19 @@ def run_server(
     ready: Callable[[ServeInfo], None] | None = None,
     log_level: str = "info",
     access_log: bool = False,
+    dev: bool = False,
 ) -> bool:
     """:func:`serve` on a new uvloop event loop (the standard loop without uvloop)."""
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(
-            serve(settings, registry, ready=ready, log_level=log_level, access_log=access_log)
+            serve(
+                settings,
+                registry,
+                ready=ready,
+                log_level=log_level,
+                access_log=access_log,
+                dev=dev,
+            )
         )
 
 
@@ -333,6 +373,16 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.close()
         raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     return sock
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (what ``--dev`` may listen on)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _display_host(host: str) -> str:

@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test test-fast test-starved lint typecheck bench clean
+.PHONY: venv serve test test-fast test-starved lint typecheck bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -14,16 +14,23 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+## Set up ./.venv only (the other targets do it when pyproject.toml or constraints.txt change).
+venv: $(STAMP)
+
 ## Serve the demo on http://127.0.0.1:8000 (Ctrl-C stops it in order).
 ## Then, in a second terminal: .venv/bin/agentcast run "where can we save money?"
 serve: $(STAMP)
-	$(BIN)/agentcast serve $(ARGS)
+	$(BIN)/agentcast serve --dev $(ARGS)
 
-## Run every test (lint first). Slow and service-backed tests included.
+## Run every test (lint and mypy --strict first). Slow and service-backed tests
+## included, with a coverage report; the suite fails under the floor that
+## pyproject.toml's [tool.coverage.report] fail_under sets. Each step prints its time.
+STEP = $(BIN)/python -c 'import subprocess, sys, time; t = time.monotonic(); rc = subprocess.call(sys.argv[2:]); print(f"[make test] {sys.argv[1]}: {time.monotonic() - t:.0f}s", flush=True); sys.exit(rc)'
 test: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
-	$(BIN)/pytest
+	@$(STEP) lint $(BIN)/ruff check src tests bench
+	@$(STEP) format $(BIN)/ruff format --check src tests bench
+	@$(STEP) mypy $(BIN)/mypy
+	@$(STEP) pytest $(BIN)/pytest --cov=agentcast --cov-report=term:skip-covered
 
 ## Fast feedback: skip the tests marked slow.
 test-fast: $(STAMP)

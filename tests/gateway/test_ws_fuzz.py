@@ -49,9 +49,9 @@ def threaded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Thread
     thread.start()
     path: Path = tmp_path_factory.mktemp("fuzz")
     live = asyncio.run_coroutine_threadsafe(
-        # No keepalive pings: a ping's payload comes from the global ``random``,
-        # which Hypothesis reports as its own non-determinism once a slow run
-        # outlasts the ping interval.
+        # No keepalive pings, on either end: a ping's payload comes from the
+        # global ``random``, which Hypothesis reports as its own non-determinism
+        # once a slow run outlasts the ping interval (20 s).
         start_server(path, ws_rate_per_s=1e6, ws_rate_burst=1_000_000, ws_ping_interval_s=3600.0),
         loop,
     ).result(seconds(30))
@@ -59,7 +59,9 @@ def threaded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Thread
     try:
         with contextlib.ExitStack() as stack:
             clients = [
-                stack.enter_context(connect(live.url, additional_headers=headers))
+                stack.enter_context(
+                    connect(live.url, additional_headers=headers, ping_interval=None)
+                )
                 for _ in range(CONNECTIONS)
             ]
             for c in clients:

@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from .gateway.app import create_app
     from .lifecycle import BridgeState
     from .runner import Runner, RunTicket
-    from .types import StreamPosition
 
 __version__ = "0.2.0"
 
@@ -47,7 +46,7 @@ _LAZY = {
     "get_engine": "engine", "AgentcastError": "errors",
     "CloseCode": "errors", "ErrorCode": "errors", "Event": "events", "EventType": "events",
     "decode_event": "events", "BridgeState": "lifecycle", "Runner": "runner",
-    "RunTicket": "runner", "StreamPosition": "types", "create_app": "gateway.app",
+    "RunTicket": "runner", "create_app": "gateway.app",
 }  # fmt: skip
 
 
@@ -79,7 +78,6 @@ __all__ = [
     "RunContext",
     "RunTicket",
     "Runner",
-    "StreamPosition",
     "ToolError",
     "ToolSpec",
     "ToolTimeout",

@@ -11,7 +11,6 @@ terminal event (docs/architecture.md invariant 3).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final, Protocol, runtime_checkable
 
@@ -54,8 +53,7 @@ TERMINAL_STATUS: Final[dict[str, RunStatus]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class ThreadRecord:
+class ThreadRecord(msgspec.Struct, frozen=True):
     """A conversation owned by one user."""
 
     thread_id: str
@@ -66,8 +64,7 @@ class ThreadRecord:
     updated_at: float
 
 
-@dataclass(frozen=True, slots=True)
-class RunRecord:
+class RunRecord(msgspec.Struct, frozen=True):
     """One run (or sub-run) of an agent in a thread."""
 
     run_id: str
@@ -111,8 +108,7 @@ class RunRecord:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class NewRun:
+class NewRun(msgspec.Struct, frozen=True):
     """What the runner asks the store to record when it accepts a run."""
 
     run_id: str
@@ -124,8 +120,7 @@ class NewRun:
     idempotency_key: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class MessageRecord:
+class MessageRecord(msgspec.Struct, frozen=True):
     """A user or assistant message of a thread."""
 
     message_id: str
@@ -136,8 +131,7 @@ class MessageRecord:
     created_at: float
 
 
-@dataclass(slots=True)
-class RunProjection:
+class RunProjection(msgspec.Struct):
     """The change one batch of events makes to one run."""
 
     run_id: str

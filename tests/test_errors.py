@@ -50,7 +50,9 @@ from agentcast.gateway.problems import (
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTOCOL_MD = ROOT / "docs" / "protocol.md"
-AGENTCAST_JS = ROOT / "src" / "agentcast" / "web" / "agentcast.js"
+WEB = ROOT / "src" / "agentcast" / "web"
+#: Where the JavaScript client keeps its wire constants.
+PROTOCOL_JS = WEB / "protocol.js"
 
 
 # --- the table ---------------------------------------------------------------------------
@@ -264,9 +266,9 @@ def test_doc_status_list_agrees_with_the_table() -> None:
 
 def _js_object(name: str) -> dict[str, object]:
     """``export const NAME = Object.freeze({...});`` of agentcast.js, as a dict."""
-    text = AGENTCAST_JS.read_text(encoding="utf-8")
+    text = PROTOCOL_JS.read_text(encoding="utf-8")
     match = re.search(rf"export const {name} = Object\.freeze\(\{{(.*?)\}}\);", text, re.DOTALL)
-    assert match, f"agentcast.js has no frozen object {name}"
+    assert match, f"protocol.js has no frozen object {name}"
     body = re.sub(r"(\w+):", r'"\1":', match.group(1).strip().rstrip(","))
     value = json.loads("{" + body + "}")
     assert isinstance(value, dict)
@@ -282,14 +284,17 @@ def test_js_error_codes_equal_the_table() -> None:
 
 
 def test_js_uses_no_bare_close_code_literals() -> None:
-    text = AGENTCAST_JS.read_text(encoding="utf-8")
-    code_lines = [
-        line
-        for line in text.splitlines()
-        if not line.lstrip().startswith(("*", "/", "//")) and not re.match(r"\s+[A-Z_]+: \d", line)
-    ]
+    """Every web module names close codes through ``CloseCode``; only protocol.js defines them."""
     literals = {str(int(c)) for c in CloseCode if c is not CloseCode.NORMAL}  # 1000 ms…
-    found = [line for line in code_lines if set(re.findall(r"\b\d{4}\b", line)) & literals]
+    found = []
+    for path in sorted(WEB.glob("*.js")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.lstrip().startswith(("*", "/", "//")):
+                continue
+            if path == PROTOCOL_JS and re.match(r"\s+[A-Z_]+: \d", line):
+                continue  # the definitions themselves
+            if set(re.findall(r"\b\d{4}\b", line)) & literals:
+                found.append(f"{path.name}: {line.strip()}")
     assert found == []
 
 

@@ -7,6 +7,10 @@
  * connection mid-run continues exactly where the page was. `resync` (the
  * server could not resume) reloads the thread from its history.
  *
+ * Every server URL is built from the page's own location (see `BASE_URL`; the
+ * assets are `static/…`), so the page also works when agentcast is mounted under
+ * a path prefix: the page at `/chat/` talks to `/chat/v1/…` and `/chat/v1/ws`.
+ *
  * For tests and debugging, `window.__agentcast` exposes the client, the
  * connection states seen so far and `dropConnection()`.
  *
@@ -18,6 +22,11 @@ import { el, Timeline } from "./timeline.js";
 
 /** @typedef {import("./agentcast.js").AgentEvent} AgentEvent */
 
+/**
+ * The server's base URL: the directory the page was served from, without its
+ * trailing slash (`http://host` at `/`, `http://host/chat` at `/chat/`).
+ */
+const BASE_URL = new URL(".", document.baseURI).href.replace(/\/+$/, "");
 const TOKEN_KEY = "agentcast.token";
 const AGENT_KEY = "agentcast.agent";
 const HISTORY_PAGE = 1000;
@@ -170,7 +179,12 @@ ui.signout.addEventListener("click", () => signOut());
 /** @param {string} token */
 async function start(token) {
   page.token = token;
-  const client = new AgentcastClient({ token: () => page.token ?? "", auth: "ticket", batch: true });
+  const client = new AgentcastClient({
+    url: BASE_URL,
+    token: () => page.token ?? "",
+    auth: "ticket",
+    batch: true,
+  });
   page.client = client;
   client.on("state", ({ state }) => {
     debug.states.push(state);

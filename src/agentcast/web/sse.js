@@ -26,14 +26,10 @@
  * @module sse
  */
 
-import {
-  AgentcastError,
-  backoffDelay,
-  ClientErrorCode,
-  EVENT_TYPES,
-  eventProblem,
-  notify,
-} from "./agentcast.js";
+import { backoffDelay } from "./backoff.js";
+import { notify } from "./emitter.js";
+import { AgentcastError } from "./errors.js";
+import { ClientErrorCode, EVENT_TYPES, eventProblem } from "./protocol.js";
 
 /** The states of a {@link ThreadStream}. */
 export const StreamState = Object.freeze({
@@ -53,7 +49,7 @@ export const StreamState = Object.freeze({
  * @property {number} [afterSeq=0]   deliver events after this seq
  * @property {string|null} [epoch]   the epoch `afterSeq` belongs to (null: a first subscribe)
  * @property {boolean} [autoReconnect=true]
- * @property {import("./agentcast.js").BackoffOptions} [backoff]
+ * @property {import("./backoff.js").BackoffOptions} [backoff]
  * @property {number} [idleTimeoutMs=45000]  nothing received for this long (the server sends a
  *   keepalive every 15 s): the link is dead, reconnect. 0 disables.
  * @property {typeof fetch} [fetch]

@@ -21,25 +21,32 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, NoReturn
 import httpx
 import typer
 import websockets
-from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from . import __version__
+from .cli_admin import register as register_admin_commands
+from .cli_common import (
+    EXIT_INTERRUPTED,
+    DataDirOption,
+    TokenOption,
+    UrlOption,
+    fail,
+    settings_from,
+    show,
+)
 from .config import EngineSettings
 from .errors import DataDirLocked
 from .events import EventType, decode_event
 from .gateway.settings import GatewaySettings
 
 if TYPE_CHECKING:
-    from .db.sqlite import SqliteDatabase
+    pass
 
 __all__ = ["app", "main"]
 
-#: Exit code after Ctrl-C (128 + SIGINT), as shells expect.
-EXIT_INTERRUPTED: Final = 130
 _PAGE: Final = 500
 
 
@@ -49,23 +56,13 @@ def _environment_help() -> str:
     lines = ["[bold]Environment variables[/] (a flag wins over its variable; see docs/cli.md):"]
     for name, info in gateway.items():
         default = info.get_default(call_default_factory=True)
-        lines.append(f"  AGENTCAST_{name.upper()}={escape(_show(default))}")
+        lines.append(f"  AGENTCAST_{name.upper()}={escape(show(default))}")
     engine = [f for f in dataclasses.fields(EngineSettings) if f.name not in gateway]
     for f in engine:
         default = f.default if f.default is not dataclasses.MISSING else None
-        lines.append(f"  AGENTCAST_{f.name.upper()}={escape(_show(default))}")
+        lines.append(f"  AGENTCAST_{f.name.upper()}={escape(show(default))}")
     lines.append("  AGENTCAST_URL, AGENTCAST_TOKEN: the server and token of run, replay and agents")
     return "\n".join(lines)
-
-
-def _show(value: Any) -> str:
-    if value is None:
-        return "(unset)"
-    if isinstance(value, list):
-        return json.dumps(value)
-    if isinstance(value, bool):
-        return str(value).lower()
-    return str(value)
 
 
 app = typer.Typer(
@@ -77,21 +74,6 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-
-def _fail(message: str, code: int = 1) -> NoReturn:
-    Console(stderr=True).print(
-        f"[bold red]agentcast:[/] {message}", highlight=False, soft_wrap=True
-    )
-    raise typer.Exit(code)
-
-
-def _settings(**flags: Any) -> GatewaySettings:
-    """Settings from the environment, then the flags that were given."""
-    try:
-        return GatewaySettings(**{k: v for k, v in flags.items() if v is not None})
-    except ValidationError as exc:
-        _fail(f"invalid setting: {exc}", code=2)
 
 
 def _version(value: bool) -> None:
@@ -108,37 +90,6 @@ def _root(
     ] = False,
 ) -> None:
     """agentcast carries an AI agent's events live to every tab of its user."""
-
-
-# --- options shared by several commands --------------------------------------------
-
-DataDirOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir",
-        help="Data directory (SQLite, lock, dev secret and token).",
-        envvar="AGENTCAST_DATA_DIR",
-        show_default=False,
-    ),
-]
-UrlOption = Annotated[
-    str | None,
-    typer.Option(
-        "--url",
-        envvar="AGENTCAST_URL",
-        help="Server base URL. Default: http://AGENTCAST_HOST:AGENTCAST_PORT.",
-        show_default=False,
-    ),
-]
-TokenOption = Annotated[
-    str | None,
-    typer.Option(
-        "--token",
-        envvar="AGENTCAST_TOKEN",
-        help="JWT to authenticate with. Default: the dev token in <data-dir>/dev-token.",
-        show_default=False,
-    ),
-]
 
 
 # --- serve ---------------------------------------------------------------------------
@@ -201,7 +152,7 @@ def serve(
     """
     from .gateway.server import ServeError, ServeInfo, run_server
 
-    settings = _settings(
+    settings = settings_from(
         host=host,
         port=port,
         data_dir=data_dir,
@@ -235,11 +186,11 @@ def serve(
             settings, ready=ready, log_level=log_level, access_log=access_log, dev=dev
         )
     except DataDirLocked as exc:
-        _fail(f"data directory is locked: {exc.message}")
+        fail(f"data directory is locked: {exc.message}")
     except ServeError as exc:
-        _fail(exc.message)
+        fail(exc.message)
     if not orderly:
-        _fail("stopped by a second signal without finishing runs", code=EXIT_INTERRUPTED)
+        fail("stopped by a second signal without finishing runs", code=EXIT_INTERRUPTED)
 
 
 # --- token ---------------------------------------------------------------------------
@@ -261,13 +212,13 @@ def token(
     """
     from .gateway.auth import Authenticator
 
-    settings = _settings(data_dir=data_dir)
+    settings = settings_from(data_dir=data_dir)
     if "HS256" not in settings.jwt_algorithms:
-        _fail("the server does not accept HS256 tokens; get one from your identity provider")
+        fail("the server does not accept HS256 tokens; get one from your identity provider")
     try:
         typer.echo(Authenticator(settings).mint_token(user, ttl_s=ttl))
     except ValueError as exc:
-        _fail(str(exc), code=2)
+        fail(str(exc), code=2)
 
 
 # --- client helpers --------------------------------------------------------------------
@@ -287,14 +238,14 @@ def _token(value: str | None, settings: GatewaySettings) -> str:
     try:
         return path.read_text().strip()
     except FileNotFoundError:
-        _fail(
+        fail(
             f"no token: {path} does not exist. Start `agentcast serve` with this data "
             "directory, or pass --token (see `agentcast token --user NAME`)."
         )
 
 
 def _unreachable(url: str, exc: Exception) -> NoReturn:
-    _fail(f"the server at {url} is not reachable ({exc}). Is `agentcast serve` running?")
+    fail(f"the server at {url} is not reachable ({exc}). Is `agentcast serve` running?")
 
 
 def _get(url: str, token: str, path: str, params: dict[str, Any] | None = None) -> Any:
@@ -308,11 +259,11 @@ def _get(url: str, token: str, path: str, params: dict[str, Any] | None = None) 
     except httpx.TransportError as exc:
         _unreachable(url, exc)
     if response.status_code == 401:
-        _fail("the server refused the token (401); mint one with `agentcast token --user NAME`")
+        fail("the server refused the token (401); mint one with `agentcast token --user NAME`")
     if response.status_code == 404:
-        _fail(f"not found: {path}")
+        fail(f"not found: {path}")
     if response.is_error:
-        _fail(f"{response.status_code} from {path}: {response.text[:300]}")
+        fail(f"{response.status_code} from {path}: {response.text[:300]}")
     return response.json()
 
 
@@ -324,7 +275,7 @@ def agents(
     url: UrlOption = None, token: TokenOption = None, data_dir: DataDirOption = None
 ) -> None:
     """List the agents the server offers, with their descriptions and tools."""
-    settings = _settings(data_dir=data_dir)
+    settings = settings_from(data_dir=data_dir)
     base = _base_url(url, settings)
     body = _get(base, _token(token, settings), "/v1/agents")
     listing = body.get("agents", []) if isinstance(body, dict) else body
@@ -354,7 +305,7 @@ def replay(
     """Print a thread's stored events in seq order (GET /v1/threads/{id}/events, paginated)."""
     from .cli_view import event_line
 
-    settings = _settings(data_dir=data_dir)
+    settings = settings_from(data_dir=data_dir)
     base, jwt = _base_url(url, settings), _token(token, settings)
     console = Console(highlight=False)
     depth: dict[str, int] = {}
@@ -407,7 +358,7 @@ def run(
     Exits 0 when the agent completes, 1 when it fails; Ctrl-C cancels the run on
     the server, waits for its agent_cancelled and exits 130.
     """
-    settings = _settings(data_dir=data_dir)
+    settings = settings_from(data_dir=data_dir)
     base = _base_url(url, settings)
     code = asyncio.run(
         _run(
@@ -433,27 +384,27 @@ async def _run(
     try:
         await client.connect()
     except ClientError as exc:
-        _fail(f"{exc.message}; mint a token with `agentcast token --user NAME`")
+        fail(f"{exc.message}; mint a token with `agentcast token --user NAME`")
     except (OSError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
         _unreachable(url, exc)
     try:
         try:
             accepted = await client.start(agent, message, thread_id=thread, on_active=on_active)
         except ClientError as exc:
-            _fail(f"{exc.code}: {exc.message}")
+            fail(f"{exc.code}: {exc.message}")
         console.print(f"[dim]thread {accepted.thread_id} · run {accepted.run_id}[/]")
         view = RunView(console, accepted.run_id)
         try:
             interrupted = await follow(client, view)
         except ClientError as exc:
-            _fail(f"the connection ended before the run did ({exc.code}: {exc.message})")
+            fail(f"the connection ended before the run did ({exc.code}: {exc.message})")
     finally:
         await client.close()
     outcome = view.outcome
     if interrupted and (outcome is None or outcome.type == EventType.AGENT_CANCELLED):
         return EXIT_INTERRUPTED
     if outcome is None:
-        _fail("the connection ended before the run did")
+        fail("the connection ended before the run did")
     return 0 if outcome.type == EventType.AGENT_COMPLETED else 1
 
 
@@ -467,108 +418,7 @@ def _ws_url(base: str) -> str:
     return f"{'wss' if scheme == 'https' else 'ws'}://{rest}/v1/ws"
 
 
-# --- db ------------------------------------------------------------------------------
-
-db_app = typer.Typer(
-    help="Maintain the data directory's SQLite database while no server runs on it.",
-    no_args_is_help=True,
-)
-app.add_typer(db_app, name="db")
-
-
-@db_app.command("rotate-epochs")
-def rotate_epochs(data_dir: DataDirOption = None) -> None:
-    """Give every stream a new epoch, so that clients resume with recovered: false.
-
-    A step of the restore procedure (docs/operations.md, "Backup and restore"):
-    a restored database lacks the events appended after its copy was taken, so
-    the positions clients hold could name other events. Run it after restoring
-    the files and before starting the server; it refuses while a server holds
-    the data directory.
-    """
-    from .db.sqlite import SqliteDatabase
-    from .errors import AgentcastError
-
-    settings = _settings(data_dir=data_dir)
-    db = SqliteDatabase(settings.data_dir)
-    if not db.path.is_file():
-        _fail(f"no database at {db.path}: nothing to rotate (check --data-dir)")
-    try:
-        rotated = asyncio.run(_rotate_epochs(db))
-    except DataDirLocked as exc:
-        holder = exc.message.split("; ")[0]  # without the advice to use another directory
-        _fail(
-            f"cannot rotate epochs while the data directory is in use: {holder}. "
-            "Stop the server first: rotate-epochs runs between restoring the files and "
-            "starting the server."
-        )
-    except AgentcastError as exc:
-        _fail(exc.message)
-    typer.echo(
-        f"{rotated} streams in {db.path} got a new epoch; clients will resume with recovered: false"
-    )
-
-
-async def _rotate_epochs(db: SqliteDatabase) -> int:
-    """Open ``db`` rotating every epoch (before anything else is written), close it cleanly."""
-    await db.open(rotate_epochs=True)
-    try:
-        return db.streams_rotated
-    finally:
-        await db.close()
-
-
-# --- settings ------------------------------------------------------------------------
-
-
-@app.command("settings")
-def settings_command(
-    host: Annotated[str | None, typer.Option(help="As for serve.", show_default=False)] = None,
-    port: Annotated[int | None, typer.Option(help="As for serve.", show_default=False)] = None,
-    data_dir: Annotated[
-        Path | None, typer.Option("--data-dir", help="As for serve.", show_default=False)
-    ] = None,
-    log_backend: Annotated[
-        Literal["sqlite", "memory"] | None,
-        typer.Option(help="As for serve.", show_default=False),
-    ] = None,
-    sqlite_synchronous: Annotated[
-        Literal["FULL", "NORMAL"] | None,
-        typer.Option(help="As for serve.", show_default=False),
-    ] = None,
-    shutdown_grace: Annotated[
-        float | None, typer.Option(help="As for serve.", show_default=False)
-    ] = None,
-) -> None:
-    """Print every setting's effective value and where it came from: default, environment, flag.
-
-    Takes the flags of `serve`, so `agentcast settings --port 9000` shows what
-    `agentcast serve --port 9000` would run with. Secrets (the JWT secret, the
-    public key) are printed as ***. Exits 2, naming each bad field, when a value
-    breaks its rule.
-    """
-    # The flags deliberately have no envvar= (unlike serve's): a value read
-    # from the environment must be reported as "environment", not "flag".
-    from .settings import SECTIONS, InvalidSetting, env_name, is_secret, load_settings
-
-    try:
-        model, origins = load_settings(
-            host=host,
-            port=port,
-            data_dir=data_dir,
-            log_backend=log_backend,
-            sqlite_synchronous=sqlite_synchronous,
-            shutdown_grace_s=shutdown_grace,
-        )
-    except InvalidSetting as exc:
-        _fail(f"invalid setting: {exc.message}", code=2)
-    for section, section_model in SECTIONS.items():
-        typer.echo(f"[{section}]")
-        values = getattr(model, section)
-        for name in section_model.model_fields:
-            value = getattr(values, name)
-            shown = "***" if is_secret(name) and value is not None else _show(value)
-            typer.echo(f"  {env_name(name)}={shown}  ({origins[name]})")
+register_admin_commands(app)
 
 
 def main() -> None:

@@ -1,0 +1,129 @@
+"""The maintenance commands: ``agentcast db …`` and ``agentcast settings``.
+
+They act on a data directory or on the settings, never on a running server;
+:func:`register` adds them to the command line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal
+
+import typer
+
+from .cli_common import DataDirOption, fail, settings_from, show
+from .errors import DataDirLocked
+
+if TYPE_CHECKING:
+    from .db.sqlite import SqliteDatabase
+
+__all__ = ["db_app", "register", "rotate_epochs", "settings_command"]
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``db`` and ``settings`` to ``app``."""
+    app.add_typer(db_app, name="db")
+    app.command("settings")(settings_command)
+
+
+# --- db ------------------------------------------------------------------------------
+
+db_app = typer.Typer(
+    help="Maintain the data directory's SQLite database while no server runs on it.",
+    no_args_is_help=True,
+)
+
+
+@db_app.command("rotate-epochs")
+def rotate_epochs(data_dir: DataDirOption = None) -> None:
+    """Give every stream a new epoch, so that clients resume with recovered: false.
+
+    A step of the restore procedure (docs/operations.md, "Backup and restore"):
+    a restored database lacks the events appended after its copy was taken, so
+    the positions clients hold could name other events. Run it after restoring
+    the files and before starting the server; it refuses while a server holds
+    the data directory.
+    """
+    from .db.sqlite import SqliteDatabase
+    from .errors import AgentcastError
+
+    settings = settings_from(data_dir=data_dir)
+    db = SqliteDatabase(settings.data_dir)
+    if not db.path.is_file():
+        fail(f"no database at {db.path}: nothing to rotate (check --data-dir)")
+    try:
+        rotated = asyncio.run(_rotate_epochs(db))
+    except DataDirLocked as exc:
+        holder = exc.message.split("; ")[0]  # without the advice to use another directory
+        fail(
+            f"cannot rotate epochs while the data directory is in use: {holder}. "
+            "Stop the server first: rotate-epochs runs between restoring the files and "
+            "starting the server."
+        )
+    except AgentcastError as exc:
+        fail(exc.message)
+    typer.echo(
+        f"{rotated} streams in {db.path} got a new epoch; clients will resume with recovered: false"
+    )
+
+
+async def _rotate_epochs(db: SqliteDatabase) -> int:
+    """Open ``db`` rotating every epoch (before anything else is written), close it cleanly."""
+    await db.open(rotate_epochs=True)
+    try:
+        return db.streams_rotated
+    finally:
+        await db.close()
+
+
+# --- settings ------------------------------------------------------------------------
+
+
+def settings_command(
+    host: Annotated[str | None, typer.Option(help="As for serve.", show_default=False)] = None,
+    port: Annotated[int | None, typer.Option(help="As for serve.", show_default=False)] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="As for serve.", show_default=False)
+    ] = None,
+    log_backend: Annotated[
+        Literal["sqlite", "memory"] | None,
+        typer.Option(help="As for serve.", show_default=False),
+    ] = None,
+    sqlite_synchronous: Annotated[
+        Literal["FULL", "NORMAL"] | None,
+        typer.Option(help="As for serve.", show_default=False),
+    ] = None,
+    shutdown_grace: Annotated[
+        float | None, typer.Option(help="As for serve.", show_default=False)
+    ] = None,
+) -> None:
+    """Print every setting's effective value and where it came from: default, environment, flag.
+
+    Takes the flags of `serve`, so `agentcast settings --port 9000` shows what
+    `agentcast serve --port 9000` would run with. Secrets (the JWT secret, the
+    public key) are printed as ***. Exits 2, naming each bad field, when a value
+    breaks its rule.
+    """
+    # The flags deliberately have no envvar= (unlike serve's): a value read
+    # from the environment must be reported as "environment", not "flag".
+    from .settings import SECTIONS, InvalidSetting, env_name, is_secret, load_settings
+
+    try:
+        model, origins = load_settings(
+            host=host,
+            port=port,
+            data_dir=data_dir,
+            log_backend=log_backend,
+            sqlite_synchronous=sqlite_synchronous,
+            shutdown_grace_s=shutdown_grace,
+        )
+    except InvalidSetting as exc:
+        fail(f"invalid setting: {exc.message}", code=2)
+    for section, section_model in SECTIONS.items():
+        typer.echo(f"[{section}]")
+        values = getattr(model, section)
+        for name in section_model.model_fields:
+            value = getattr(values, name)
+            shown = "***" if is_secret(name) and value is not None else show(value)
+            typer.echo(f"  {env_name(name)}={shown}  ({origins[name]})")

@@ -39,10 +39,10 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ..errors import Unavailable
 from ..log.base import Follower, FollowStart, StoredEvent
-from ..log.follower import FollowerClosed, HistoryLost
 from .auth import Principal
 from .http import query_int, require_thread
 from .problems import BadRequest, api_endpoint
+from .refollow import FOLLOWER_ENDINGS, follows_again, replace_follower
 
 if TYPE_CHECKING:
     from .context import Gateway
@@ -179,12 +179,12 @@ class SSEConnection:
                 task, pending = pending, None
                 try:
                     events = task.result()
-                except HistoryLost:
+                except FOLLOWER_ENDINGS as ending:
+                    if not follows_again(ending):
+                        return
                     follower = await self._refollow(follower)
                     await self._write(send, encode_subscribed(self.thread_id, follower.start))
                     continue
-                except FollowerClosed:
-                    return
                 await self._write(send, b"".join(encode_event(ev) for ev in events))
                 self._sent_seq = events[-1].seq
                 self._progress.set()
@@ -196,9 +196,12 @@ class SSEConnection:
                     await pending
 
     async def _refollow(self, old: Follower) -> Follower:
-        """Events were trimmed under us: follow again (the start says ``recovered: false``)."""
-        await old.aclose()
-        new = await self.gateway.engine.bridge.follow(self.thread_id, old.cursor, old.start.epoch)
+        """Events were trimmed under us: follow again (the start says ``recovered: false``).
+
+        The shared rule of :mod:`.refollow`, so SSE and WebSocket clients see
+        the same restart position for the same lost history.
+        """
+        new = await replace_follower(self.gateway.engine.bridge, self.thread_id, old)
         self._follower = new
         return new
 

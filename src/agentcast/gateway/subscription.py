@@ -37,8 +37,9 @@ from ..bridge import Bridge
 from ..errors import CloseCode
 from ..events import TERMINAL_TYPES
 from ..log.base import Follower, StoredEvent
-from ..log.follower import FollowerClosed, HistoryLost, StreamFollower
+from ..log.follower import StreamFollower
 from ..protocol import Subscribed, encode_frame, pack_events
+from .refollow import FOLLOWER_ENDINGS, follows_again, replace_follower
 
 __all__ = ["MAX_BATCH_FRAME_BYTES", "OutFrame", "Outbox", "Subscription", "TerminalForward"]
 
@@ -244,12 +245,12 @@ class Subscription:
                 await self._outbox.wait_room()
             try:
                 batch = await self.follower.next_batch(self._batch_size)
-            except HistoryLost as exc:
-                logger.info("subscription to %s lost history: %s", self.thread_id, exc)
-                if not await self._refollow():
-                    return
-                continue
-            except FollowerClosed:
+            except FOLLOWER_ENDINGS as ending:
+                if follows_again(ending):
+                    logger.info("subscription to %s lost history: %s", self.thread_id, ending)
+                    if not await self._refollow():
+                        return
+                    continue
                 if self._stopping:
                     return  # we closed it: unsubscribed or replaced
                 # The log itself closed under a live connection: tell the client
@@ -295,9 +296,7 @@ class Subscription:
         The new start is ``recovered: false`` (the history is gone): an
         unsolicited ``subscribed`` frame tells the client, never a silent gap.
         """
-        old = self.follower
-        self.follower = await self._bridge.follow(self.thread_id, old.cursor, old.start.epoch)
-        await old.aclose()
+        self.follower = await replace_follower(self._bridge, self.thread_id, self.follower)
         self.head = (await self._bridge.info(self.thread_id)).last_seq
         start = self.follower.start
         frame = Subscribed(
@@ -369,15 +368,13 @@ class TerminalForward:
         while not self.done:
             try:
                 batch = await self.follower.next_batch(self._batch_size)
-            except HistoryLost as exc:
-                logger.info("forward of %s lost history: %s", self.run_id, exc)
-                old = self.follower
-                self.follower = await self._bridge.follow(
-                    self.thread_id, old.cursor, old.start.epoch
-                )
-                await old.aclose()
-                continue
-            except FollowerClosed:
+            except FOLLOWER_ENDINGS as ending:
+                if follows_again(ending):
+                    logger.info("forward of %s lost history: %s", self.run_id, ending)
+                    self.follower = await replace_follower(
+                        self._bridge, self.thread_id, self.follower
+                    )
+                    continue
                 if not self._stopping:
                     self._fail(CloseCode.GOING_AWAY, "event log closed")
                 return

@@ -46,6 +46,7 @@ from .context import Gateway
 from .health import health_routes
 from .http import http_routes
 from .problems import http_exception_problem
+from .request_metrics import RequestMetricsMiddleware
 from .settings import GatewaySettings
 from .sse import sse_route
 
@@ -176,7 +177,8 @@ def create_app(
         routes.append(ws)
     routes.extend(_static_routes())
 
-    middleware: list[Middleware] = []
+    # Outermost of ours: it counts what CORS answers on a matched route too.
+    middleware: list[Middleware] = [Middleware(RequestMetricsMiddleware, metrics=gateway.metrics)]
     if settings.cors_origins:
         middleware.append(
             Middleware(

@@ -39,7 +39,6 @@ def health_routes(gateway: Gateway) -> list[Route]:
     """The three unauthenticated routes, bound to ``gateway``."""
 
     async def healthz(request: Request) -> Response:
-        gateway.metrics.http_request("/healthz", 200)
         return _json({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
@@ -59,11 +58,9 @@ def health_routes(gateway: Gateway) -> list[Route]:
                 "checked_at": report.checked_at,
             }
         status = 200 if ready else 503
-        gateway.metrics.http_request("/readyz", status)
         return _json(body, status)
 
     async def metrics(request: Request) -> Response:
-        gateway.metrics.http_request("/metrics", 200)
         return Response(gateway.engine.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     return [

@@ -153,11 +153,13 @@ Handler = Callable[[Request, Principal], Awaitable[Response]]
 def api_endpoint(
     gateway: Gateway, route: str, handler: Handler
 ) -> Callable[[Request], Awaitable[Response]]:
-    """Wrap ``handler(request, principal)``: authenticate, map errors, count the request.
+    """Wrap ``handler(request, principal)``: authenticate and map errors to problems.
+
+    Requests are counted by :mod:`.request_metrics`, around the whole app.
 
     Args:
         gateway: The gateway the endpoint serves.
-        route: The route template, the ``route`` label of the request counter.
+        route: The route template (names the route in error logs).
         handler: The endpoint proper; it may raise any :class:`AgentcastError`.
     """
 
@@ -174,7 +176,6 @@ def api_endpoint(
         except Exception:
             logger.exception("unhandled error on %s", route)
             response = internal_problem()
-        gateway.metrics.http_request(route, response.status_code)
         return response
 
     endpoint.__name__ = getattr(handler, "__name__", "endpoint")

@@ -11,6 +11,7 @@ Chromium or Playwright the tests skip — or fail when
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import socket
 import subprocess
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from tests.conftest import skip_or_fail
+from tests.conftest import REQUIRE_SERVICES, skip_or_fail
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page, Playwright
@@ -133,6 +134,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def require_playwright() -> None:
+    """Skip the importing module without Playwright (fail it when services are required)."""
+    if importlib.util.find_spec("playwright") is None:
+        reason = "playwright is not installed: pip install playwright==1.64.1"
+        if REQUIRE_SERVICES:
+            pytest.fail(f"{reason} (AGENTCAST_REQUIRE_SERVICES=1)", pytrace=False)
+        pytest.skip(reason, allow_module_level=True)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ page opened at ``/chat`` must load its assets from ``/chat/static/…``, call
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -24,20 +23,15 @@ from fastapi import FastAPI
 
 from agentcast.gateway.app import agentcast_lifespan, create_app, find_gateway
 from agentcast.gateway.settings import GatewaySettings
-from tests.conftest import REQUIRE_SERVICES
 
-from .conftest import STARTUP_S, WAIT_MS, _free_port
+from .conftest import STARTUP_S, WAIT_MS, _free_port, require_playwright
 
 if TYPE_CHECKING:
     from playwright.sync_api import BrowserContext, Request
 
-if importlib.util.find_spec("playwright") is None:
-    _REASON = "playwright is not installed: pip install playwright==1.64.1"
-    if REQUIRE_SERVICES:
-        pytest.fail(f"{_REASON} (AGENTCAST_REQUIRE_SERVICES=1)", pytrace=False)
-    pytest.skip(_REASON, allow_module_level=True)
+require_playwright()  # before importing it below
 
-from playwright.sync_api import expect
+from playwright.sync_api import expect  # noqa: E402 (only once it is known to be there)
 
 expect.set_options(timeout=WAIT_MS)
 

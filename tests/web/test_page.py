@@ -8,27 +8,20 @@ thread's stored events (``GET /v1/threads/{id}/events``).
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 
-from tests.conftest import REQUIRE_SERVICES
-
-from .conftest import OUTPUT_DIR, WAIT_MS, Server, open_page
+from .conftest import OUTPUT_DIR, WAIT_MS, Server, open_page, require_playwright
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Locator, Page
 
-if importlib.util.find_spec("playwright") is None:
-    _REASON = "playwright is not installed: pip install playwright==1.64.1"
-    if REQUIRE_SERVICES:
-        pytest.fail(f"{_REASON} (AGENTCAST_REQUIRE_SERVICES=1)", pytrace=False)
-    pytest.skip(_REASON, allow_module_level=True)
+require_playwright()  # before importing it below
 
-from playwright.sync_api import expect
+from playwright.sync_api import expect  # noqa: E402 (only once it is known to be there)
 
 expect.set_options(timeout=WAIT_MS)
 

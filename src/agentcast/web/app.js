@@ -37,6 +37,7 @@ const SUGGESTIONS = [
   "How much would prompt caching save team search over the last 2 weeks?",
 ];
 
+/** @type {Record<string, string>} */
 const STATE_LABEL = {
   idle: "Offline",
   connecting: "Connecting…",
@@ -46,6 +47,7 @@ const STATE_LABEL = {
   closed: "Offline",
 };
 
+/** @type {Record<string, string>} */
 const ERROR_TEXT = {
   run_active: "A run is still active in this thread. Stop it or wait for it to finish.",
   limit_exceeded: "Too many runs are waiting. Try again when some have finished.",
@@ -66,7 +68,7 @@ const ui = {
   signinError: $("signin-error"),
   app: $("app"),
   conn: $("conn"),
-  connLabel: $("conn").querySelector(".label"),
+  connLabel: /** @type {HTMLElement} */ ($("conn").querySelector(".label")),
   user: $("user-id"),
   signout: $("signout"),
   menu: $("menu"),
@@ -577,7 +579,13 @@ function relativeTime(ts) {
       break;
     }
   }
-  size = { second: 1, minute: 60, hour: 3600, day: 86400, week: 604800 }[unit];
+  size = /** @type {Record<string, number>} */ ({
+    second: 1,
+    minute: 60,
+    hour: 3600,
+    day: 86400,
+    week: 604800,
+  })[unit];
   if (unit === "second") return "just now";
   return format.format(Math.round(seconds / size), /** @type {Intl.RelativeTimeFormatUnit} */ (unit));
 }

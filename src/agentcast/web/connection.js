@@ -22,6 +22,7 @@ import {
 } from "./protocol.js";
 
 /** @typedef {import("./protocol.js").StateChange} StateChange */
+/** @typedef {import("./protocol.js").ConnectionStateValue} ConnectionStateValue */
 /** @typedef {import("./requests.js").Timers} Timers */
 /** @typedef {import("./client.js").ClientOptions} ClientOptions */
 
@@ -37,7 +38,7 @@ import {
 
 /** One client's socket, kept up until closed for good. */
 export class Connection {
-  /** @type {ClientOptions & {autoReconnect: boolean, auth: string, batch: boolean, watchNetwork: boolean}} */
+  /** @type {ClientOptions & {autoReconnect: boolean, auth: string, batch: boolean, watchNetwork: boolean, pingIntervalMs: number}} */
   #options;
   /** @type {Timers} */
   #timers;
@@ -45,6 +46,7 @@ export class Connection {
   #hooks;
   /** @type {WebSocket|null} */
   #ws = null;
+  /** @type {ConnectionStateValue} */
   #state = ConnectionState.IDLE;
   #attempt = 0;
   /** A connection attempt is under way (fetching a ticket or a token). */
@@ -123,7 +125,7 @@ export class Connection {
   }
 
   /**
-   * @param {string} state
+   * @param {ConnectionStateValue} state
    * @param {Partial<StateChange>} [details]
    */
   setState(state, details = {}) {
@@ -175,23 +177,26 @@ export class Connection {
       }
     } catch (error) {
       this.#opening = false;
-      if (this.#state === ConnectionState.CLOSED) return;
+      // Re-read after the await (`close()` may have run meanwhile).
+      if (/** @type {ConnectionStateValue} */ (this.#state) === ConnectionState.CLOSED) return;
       if (error instanceof AgentcastError && (error.status === 401 || error.status === 403)) {
         this.#unauthorized(error.message);
       } else {
-        this.#scheduleReconnect(undefined, String(error?.message ?? error));
+        this.#scheduleReconnect(undefined, String(/** @type {any} */ (error)?.message ?? error));
       }
       return;
     }
     this.#opening = false;
-    if (this.#state === ConnectionState.CLOSED || this.#ws) return;
+    if (/** @type {ConnectionStateValue} */ (this.#state) === ConnectionState.CLOSED || this.#ws) {
+      return;
+    }
     const Socket = this.#options.WebSocket ?? globalThis.WebSocket;
     /** @type {WebSocket} */
     let ws;
     try {
       ws = protocols ? new Socket(url.toString(), protocols) : new Socket(url.toString());
     } catch (error) {
-      this.#scheduleReconnect(undefined, String(error?.message ?? error));
+      this.#scheduleReconnect(undefined, String(/** @type {any} */ (error)?.message ?? error));
       return;
     }
     this.#ws = ws;

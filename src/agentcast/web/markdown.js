@@ -11,7 +11,7 @@ const INLINE = /(\*\*[^*\n]+\*\*|__[^_\n]+__|`[^`\n]+`|\*[^*\s][^*\n]*\*|_[^_\s]
 
 /**
  * Append `text` to `parent` with inline formatting.
- * @param {Node} parent
+ * @param {ParentNode} parent
  * @param {string} text
  */
 function appendInline(parent, text) {
@@ -97,7 +97,7 @@ export function renderMarkdown(text) {
         fragment.append(list);
       }
       const li = document.createElement("li");
-      appendInline(li, (bullet ?? numbered)[1]);
+      appendInline(li, /** @type {RegExpExecArray} */ (bullet ?? numbered)[1]);
       list.append(li);
     } else if (!line.trim()) {
       flushParagraph();

@@ -58,6 +58,8 @@ export const ConnectionState = Object.freeze({
   CLOSED: "closed",
 });
 
+/** @typedef {typeof ConnectionState[keyof typeof ConnectionState]} ConnectionStateValue */
+
 /** Every event type of the envelope. */
 export const EVENT_TYPES = Object.freeze([
   "agent_started",

@@ -290,6 +290,7 @@ export class ClientSession {
   /** @param {string} threadId */
   #sendSubscribe(threadId) {
     const thread = this.#threads.ensure(threadId);
+    /** @type {{type: string, thread_id: string, after_seq: number, epoch?: string}} */
     const frame = { type: "subscribe", thread_id: threadId, after_seq: thread.seq };
     if (thread.epoch) frame.epoch = thread.epoch;
     const id = this.#requests.newId();

@@ -40,6 +40,8 @@ export const StreamState = Object.freeze({
   CLOSED: "closed",
 });
 
+/** @typedef {typeof StreamState[keyof typeof StreamState]} StreamStateValue */
+
 /**
  * @typedef {object} ThreadStreamOptions
  * @property {string} threadId
@@ -76,6 +78,7 @@ export class ThreadStream {
   #options;
   /** @type {Map<string, Set<(payload: any) => void>>} */
   #listeners = new Map();
+  /** @type {StreamStateValue} */
   #state = StreamState.IDLE;
   /** @type {string|null} */
   #epoch;
@@ -163,7 +166,7 @@ export class ThreadStream {
         cache: "no-store",
       });
     } catch (error) {
-      this.#lost(abort, String(error?.message ?? error));
+      this.#lost(abort, String(/** @type {any} */ (error)?.message ?? error));
       return;
     }
     if (this.#abort !== abort) return;
@@ -174,9 +177,11 @@ export class ThreadStream {
     this.#attempt = 0;
     this.#setState(StreamState.OPEN, { status: response.status });
     try {
-      await this.#read(abort, response.body);
+      await this.#read(abort, /** @type {ReadableStream<Uint8Array>} */ (response.body));
     } catch (error) {
-      if (this.#abort === abort) this.#lost(abort, String(error?.message ?? error));
+      if (this.#abort === abort) {
+        this.#lost(abort, String(/** @type {any} */ (error)?.message ?? error));
+      }
       return;
     }
     this.#lost(abort, "the stream ended"); // shutdown, token expiry: resume from the position
@@ -314,7 +319,7 @@ export class ThreadStream {
   // Helpers
 
   /**
-   * @param {string} state
+   * @param {StreamStateValue} state
    * @param {Record<string, unknown>} [details]
    */
   #setState(state, details = {}) {
@@ -355,6 +360,7 @@ export class ThreadStream {
 export class SSEParser {
   #buffer = "";
   #event = "";
+  /** @type {string[]} */
   #data = [];
   /** @type {string|null} */
   #id = null;

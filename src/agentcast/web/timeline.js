@@ -133,6 +133,7 @@ function resultSummary(results) {
   return String(results);
 }
 
+/** @type {Record<string, string>} */
 const STATUS_LABEL = {
   queued: "Queued",
   running: "Running",
@@ -141,6 +142,7 @@ const STATUS_LABEL = {
   cancelled: "Cancelled",
 };
 
+/** @type {Record<string, string>} */
 const TERMINAL_STATUS = {
   agent_completed: "completed",
   agent_error: "failed",
@@ -241,7 +243,7 @@ export class Timeline {
     const button = this.#runs.get(runId)?.head?.querySelector("button.stop");
     if (button instanceof HTMLButtonElement) {
       button.disabled = true;
-      button.lastChild.textContent = "Stopping…";
+      /** @type {ChildNode} */ (button.lastChild).textContent = "Stopping…";
     }
   }
 
@@ -253,7 +255,7 @@ export class Timeline {
     const button = this.#runs.get(runId)?.head?.querySelector("button.stop");
     if (button instanceof HTMLButtonElement) {
       button.disabled = false;
-      button.lastChild.textContent = "Stop";
+      /** @type {ChildNode} */ (button.lastChild).textContent = "Stop";
     }
   }
 

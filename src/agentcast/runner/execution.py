@@ -11,7 +11,7 @@ terminal event.
 
 The steps that must not be cut in half by a cancellation — ``agent_started``,
 winding up, the terminal event, creating a sub-run's row — run to their end
-(:func:`~agentcast.runner.state.finish_anyway`); the cancellation is acted on
+(:func:`~agentcast.agents.whole.finish_anyway`); the cancellation is acted on
 after them, from the reason recorded on the run.
 """
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
+from ..agents.whole import finish_anyway
 from ..store.base import RunRecord, RunStatus
 
 __all__ = [
@@ -33,8 +34,6 @@ __all__ = [
     "finish_anyway",
     "request_cancel",
 ]
-
-T = TypeVar("T")
 
 # Cancellation reasons (the ``reason`` of ``agent_cancelled``).
 CANCELLED_BY_USER: Final = "cancelled by user"
@@ -187,30 +186,6 @@ def request_cancel(state: RunState, reason: str, *, alone: bool = False) -> bool
     for task in tasks:
         task.cancel()
     return True
-
-
-async def finish_anyway(awaitable: Awaitable[T]) -> T:
-    """Await ``awaitable`` to its end even if the caller is cancelled meanwhile.
-
-    For steps that must not be cut in half: once an event is submitted the
-    bridge commits it whatever happens to the caller, so a caller that gave
-    up waiting would believe it was not written and write it again (a second
-    terminal event, a text said twice). Cancellations that arrive meanwhile
-    are absorbed (``uncancel``): the runner records a cancel's *reason* on
-    the run before it cancels a task, and acts on the reason once the step
-    is done. Only a cancellation of the step itself (the loop closing)
-    propagates.
-    """
-    inner = asyncio.ensure_future(awaitable)
-    task = asyncio.current_task()
-    while True:
-        try:
-            return await asyncio.shield(inner)
-        except asyncio.CancelledError:
-            if inner.cancelled():
-                raise
-            if task is not None:
-                task.uncancel()
 
 
 class UserLocks:

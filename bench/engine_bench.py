@@ -4,7 +4,8 @@ Measures, on this machine and in this run:
 
 1. the disk's fsync latency (context for every durable figure);
 2. ``log.append`` throughput with ``--producers`` concurrent producers, one
-   event per call (the bridge's group commit is what makes this fast);
+   event per call (only the database writer's group commit batches them: the
+   worst case for the log, which no server component produces);
 3. ``bridge.emit()`` throughput with the same number of concurrent emitters;
 4. emit→follower latency at ``--rate`` events/s on an open-loop schedule: each
    event is due at an absolute time, and latency is measured from that time,

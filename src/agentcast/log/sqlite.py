@@ -4,11 +4,17 @@ Tables ``streams`` (epoch, retained range, head per thread) and ``events``
 (one row per event, envelope bytes included) live in the data directory's
 database, shared with the store (:mod:`agentcast.db.schema`).
 
-* **Durable before visible** (docs/architecture.md invariant 2): the ``append`` calls of
-  one event-loop iteration become one :meth:`SqliteDatabase.write` op; the
-  tail is fed and followers are woken by its ``on_commit`` callback, which
-  runs only after the group's ``COMMIT`` (fsync with ``synchronous=FULL``)
-  returned.
+* **Durable before visible** (docs/architecture.md invariant 2): each
+  ``append`` is one op of the database writer, queued at once; the writer
+  commits everything queued in one transaction (its group commit), and the
+  tail is fed and followers are woken by the op's ``on_commit`` callback,
+  which runs only after the group's ``COMMIT`` (fsync with
+  ``synchronous=FULL``) returned.
+* **Batching is the caller's.** The log does not merge concurrent appends:
+  its one producer in a server, the bridge's appender, already hands it
+  every event emitted meanwhile as one append, and the writer's group
+  commit shares the fsync with whatever else is queued (store writes, a
+  second appender). Grouping lives in those two places only.
 * **Seqs are never reissued**: seqs are assigned from ``streams.last_seq``
   read inside the transaction, never from an in-memory counter, so a failed
   group leaves nothing to resynchronise. The epoch is created once with the
@@ -106,9 +112,9 @@ class _Lookup:
 
 @dataclass(frozen=True, slots=True)
 class _Appended:
-    """An append op's result: one outcome per merged ``append`` call, and the new events."""
+    """One ``append`` call's result: its events as stored, and which of them are new."""
 
-    outcomes: list[tuple[bool, Any]]  # (True, stored events) or (False, exception)
+    stored: list[StoredEvent]
     new: list[StoredEvent]
 
 
@@ -119,11 +125,9 @@ class SqliteLog:
     :meth:`open` opens it if needed, :meth:`close` ends followers but leaves
     the database open.
 
-    ``append`` calls made in the same event-loop iteration are merged into one
-    database op (one id lookup, one ``executemany``), which the database then
-    group-commits with whatever else is queued; if the merged op fails, each
-    call is retried alone in its own savepoint so that one bad call fails
-    alone.
+    Each ``append`` call is one op (one id look-up, one ``executemany``) of
+    the database's group commit; an op that raises is rolled back alone, so
+    one bad call fails alone.
 
     Args:
         db: The shared database.
@@ -154,9 +158,8 @@ class SqliteLog:
         self._max_infos = info_threads
         self._lookups: dict[str, _Lookup] = {}
         self._closed = False
-        self._pending: list[tuple[list[EventDraft], asyncio.Future[list[StoredEvent]]]] = []
-        self._flush_scheduled = False
-        self._flushes: set[asyncio.Future[Any]] = set()
+        #: Appends queued at the writer and not yet resolved (``close`` waits for them).
+        self._in_flight: set[asyncio.Future[Any]] = set()
         #: Durability mode for figures: the database's ``synchronous``.
         self.durability: str = db.synchronous
 
@@ -181,9 +184,8 @@ class SqliteLog:
         The database stays open for its other users.
         """
         self._closed = True
-        self._start_flush()
-        while self._flushes:
-            await asyncio.wait(list(self._flushes))
+        while self._in_flight:
+            await asyncio.wait(list(self._in_flight))
         self._tail.close()
 
     async def append(self, drafts: Sequence[EventDraft]) -> list[StoredEvent]:
@@ -198,13 +200,25 @@ class SqliteLog:
         self._check_open()
         if not drafts:
             return []
-        future: asyncio.Future[list[StoredEvent]] = asyncio.get_running_loop().create_future()
-        self._pending.append((list(drafts), future))
-        if not self._flush_scheduled:
-            # Let every producer woken in this loop iteration join the same op.
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._start_flush)
-        return await future
+        batch = list(drafts)
+        try:
+            # Queued right here, not from a new task: one event-loop iteration
+            # less between an append and its commit (the hot path).
+            written = self._db.submit(partial(self._insert, batch), on_commit=self._on_appended)
+        except BaseException as exc:
+            error = _mapped(exc)
+            raise error from error.__cause__
+        self._in_flight.add(written)
+        # A callback, not code after the await: it runs even if the caller is cancelled.
+        written.add_done_callback(partial(self._settled, batch))
+        try:
+            appended: _Appended = await written
+        except BaseException as exc:
+            if written.done() and not written.cancelled() and written.exception() is exc:
+                error = _mapped(exc)
+                raise error from error.__cause__
+            raise
+        return appended.stored
 
     async def read(
         self, thread_id: str, after_seq: int = 0, limit: int = 1000
@@ -303,160 +317,60 @@ class SqliteLog:
 
     # Private methods
 
-    def _start_flush(self) -> None:
-        self._flush_scheduled = False
-        if not self._pending:
-            return
-        batch, self._pending = self._pending, []
-        futures = [future for _, future in batch]
-        # Submitted right here, not from a new task: one event-loop iteration
-        # less between an append and its commit (the hot path).
-        batches = [drafts for drafts, _ in batch]
-        try:
-            written = self._db.submit(
-                partial(self._append_op, batches),
-                on_commit=partial(self._on_appended, futures),
-            )
-        except BaseException as exc:
-            self._fail_callers(futures, exc)
-            return
-        self._flushes.add(written)
-        written.add_done_callback(partial(self._flushed, futures, batches))
+    def _settled(self, batch: list[EventDraft], written: asyncio.Future[Any]) -> None:
+        """One append resolved: forget it; if its outcome is unknown, re-read its threads."""
+        self._in_flight.discard(written)
+        if not written.cancelled() and isinstance(written.exception(), WriteOutcomeUnknown):
+            self._resync({draft.thread_id: None for draft in batch})
 
-    def _flushed(
-        self,
-        futures: list[asyncio.Future[list[StoredEvent]]],
-        batches: list[list[EventDraft]],
-        written: asyncio.Future[Any],
-    ) -> None:
-        """Resolve every caller of one merged op, whatever happened to it."""
-        self._flushes.discard(written)
-        if written.cancelled():
-            self._fail_callers(futures, LogUnavailable("the append was cancelled"))
-        elif (exc := written.exception()) is not None:
-            if isinstance(exc, WriteOutcomeUnknown):
-                self._resync({d.thread_id: None for drafts in batches for d in drafts})
-            self._fail_callers(futures, exc)
-        for future in futures:  # only if on_commit itself failed
-            if not future.done():
-                future.set_exception(LogUnavailable("append outcome lost; retry"))
-
-    @staticmethod
-    def _fail_callers(futures: list[asyncio.Future[list[StoredEvent]]], exc: BaseException) -> None:
-        for future in futures:
-            if not future.done():
-                future.set_exception(_unavailable(exc) if len(futures) > 1 else _as_log(exc))
-
-    def _append_op(self, batches: list[list[EventDraft]], conn: sqlite3.Connection) -> _Appended:
-        """The merged appends, on the writer thread inside the group transaction."""
-        if len(batches) == 1:
-            stored, new = self._insert(conn, batches)  # raising fails this one call
-            return _Appended([(True, stored[0])], new)
-        conn.execute("SAVEPOINT agentcast_appends")
-        try:
-            stored, new = self._insert(conn, batches)
-        except Exception:
-            if not conn.in_transaction:
-                raise  # the whole transaction is gone: the group fails
-            conn.execute("ROLLBACK TO agentcast_appends")
-            outcomes, new = self._insert_each(conn, batches)
-        else:
-            outcomes = [(True, events) for events in stored]
-        conn.execute("RELEASE agentcast_appends")
-        return _Appended(outcomes, new)
-
-    def _insert_each(
-        self, conn: sqlite3.Connection, batches: list[list[EventDraft]]
-    ) -> tuple[list[tuple[bool, Any]], list[StoredEvent]]:
-        """The slow path: each call in its own savepoint, so one failure stays alone."""
-        outcomes: list[tuple[bool, Any]] = []
-        new: list[StoredEvent] = []
-        for drafts in batches:
-            conn.execute("SAVEPOINT agentcast_append")
-            try:
-                stored, added = self._insert(conn, [drafts])
-            except Exception as exc:
-                if not conn.in_transaction:
-                    raise
-                conn.execute("ROLLBACK TO agentcast_append")
-                outcomes.append((False, exc))
-            else:
-                outcomes.append((True, stored[0]))
-                new.extend(added)
-            conn.execute("RELEASE agentcast_append")
-        return outcomes, new
-
-    def _insert(
-        self, conn: sqlite3.Connection, batches: list[list[EventDraft]]
-    ) -> tuple[list[list[StoredEvent]], list[StoredEvent]]:
-        """Store the batches in order; return each batch as stored, and what is new."""
+    def _insert(self, drafts: list[EventDraft], conn: sqlite3.Connection) -> _Appended:
+        """Store one append's drafts in order, on the writer thread in the group transaction."""
         # Invariant 7 needs the look-up only for ids that may have been stored
         # before (the caller's own, or a retry); the unique index guards the rest.
-        known = _stored_by_id(
-            conn, {d.event_id for drafts in batches for d in drafts if not d.fresh}
-        )
-        # One query for every stream of the group, not one per thread (hot path).
-        heads = _heads(conn, {d.thread_id for drafts in batches for d in drafts})
-        stored: list[list[StoredEvent]] = []
+        known = _stored_by_id(conn, {d.event_id for d in drafts if not d.fresh})
+        # One query for every stream of the append, not one per thread (hot path).
+        heads = _heads(conn, {d.thread_id for d in drafts})
+        stored: list[StoredEvent] = []
         new: list[StoredEvent] = []
-        new_per_batch: list[list[StoredEvent]] = []
         rows: list[tuple[Any, ...]] = []
-        for drafts in batches:
-            out: list[StoredEvent] = []
-            added: list[StoredEvent] = []
-            for draft in drafts:
-                event = known.get(draft.event_id)
-                if event is None:  # invariant 7: a known event_id is never stored twice
-                    head = heads[draft.thread_id]
-                    # Invariant 2: seqs come from streams.last_seq read in this
-                    # transaction, so a rolled-back group reissues nothing.
-                    seq = heads[draft.thread_id] = head + 1
-                    event = known[draft.event_id] = stored_event(draft, seq)
-                    added.append(event)
-                    rows.append(
-                        (
-                            event.thread_id,
-                            seq,
-                            event.event_id,
-                            event.run_id,
-                            event.parent_run_id,
-                            event.type,
-                            event.ts,
-                            event.raw,
-                        )
+        for draft in drafts:
+            event = known.get(draft.event_id)
+            if event is None:  # invariant 7: a known event_id is never stored twice
+                # Invariant 2: seqs come from streams.last_seq read in this
+                # transaction, so a rolled-back group reissues nothing.
+                seq = heads[draft.thread_id] = heads[draft.thread_id] + 1
+                event = known[draft.event_id] = stored_event(draft, seq)
+                new.append(event)
+                rows.append(
+                    (
+                        event.thread_id,
+                        seq,
+                        event.event_id,
+                        event.run_id,
+                        event.parent_run_id,
+                        event.type,
+                        event.ts,
+                        event.raw,
                     )
-                out.append(event)
-            stored.append(out)
-            new.extend(added)
-            new_per_batch.append(added)
+                )
+            stored.append(event)
         if rows:
             conn.executemany(_INSERT, rows)
             conn.executemany(
                 "UPDATE streams SET last_seq = ? WHERE thread_id = ?",
                 [(seq, thread_id) for thread_id, seq in heads.items()],
             )
-        if self._projector is not None:
-            for added in new_per_batch:
-                if added:
-                    # Invariant 3: the projection commits (or not) with the events.
-                    self._projector(conn, added)
-        return stored, new
+            if self._projector is not None:
+                # Invariant 3: the projection commits (or not) with the events.
+                self._projector(conn, new)
+        return _Appended(stored, new)
 
-    def _on_appended(
-        self, futures: list[asyncio.Future[list[StoredEvent]]], result: _Appended
-    ) -> None:
+    def _on_appended(self, appended: _Appended) -> None:
         # Runs after COMMIT returned (invariant 2: durable before visible),
-        # even if the callers were cancelled meanwhile.
-        if result.new:
-            self._advance(result.new)
-            self._tail.publish(result.new)
-        for future, (ok, value) in zip(futures, result.outcomes, strict=True):
-            if future.done():
-                continue
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(_as_log(value))
+        # even if the caller was cancelled meanwhile.
+        if appended.new:
+            self._advance(appended.new)
+            self._tail.publish(appended.new)
 
     async def _write(
         self,
@@ -558,10 +472,11 @@ def _as_log(exc: BaseException) -> BaseException:
     return error
 
 
-def _unavailable(exc: BaseException) -> LogUnavailable:
-    """A fresh error per caller of a merged op (an exception is never shared)."""
-    error = LogUnavailable(str(exc) if isinstance(exc, LogUnavailable) else f"append failed: {exc}")
-    error.__cause__ = exc
+def _mapped(exc: BaseException) -> BaseException:
+    """``exc`` as :func:`_as_log` maps it, with ``exc`` as its cause (never its own)."""
+    error = _as_log(exc)
+    if error is not exc and error.__cause__ is None:
+        error.__cause__ = exc
     return error
 
 

@@ -166,7 +166,9 @@ class GatewaySection(BaseModel):
 class AuthSection(BaseModel):
     """Who may connect: JWT verification and the tokens agentcast mints itself."""
 
-    #: HS256 secret. Unset: a development secret is created in ``data_dir``.
+    #: HS256 secret. Unset (and no public key or JWKS URL): ``serve`` and
+    #: ``create_app`` refuse to start unless in development mode, which signs
+    #: with a random secret created in ``data_dir``.
     jwt_secret: str | None = Field(default=None, repr=False, json_schema_extra=_SECRET)
     #: Not restricted here: ``Authenticator`` refuses ``none`` with its own message.
     jwt_algorithms: list[str] = Field(default_factory=lambda: ["HS256"])
@@ -180,6 +182,11 @@ class AuthSection(BaseModel):
     dev_token_ttl_s: Seconds = 30 * 24 * 3600.0
     #: Clock skew tolerated on ``exp``/``nbf``/``iat``, in seconds (``0``: none).
     jwt_leeway_s: Wait = 0.0
+
+    @property
+    def has_key(self) -> bool:
+        """Whether a key to check tokens with is configured (secret, public key or JWKS)."""
+        return bool(self.jwt_secret or self.jwt_public_key or self.jwks_url)
 
 
 class AgentsSection(BaseModel):

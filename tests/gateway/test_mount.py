@@ -123,10 +123,13 @@ async def test_create_app_builds_its_engine_and_loads_agents(tmp_path: Path) -> 
             "tests.gateway.sample_agents:registry",
         ],
     )
-    app = agentcast.create_app(settings)
+    with pytest.raises(ValueError, match="no key to check tokens with"):
+        agentcast.create_app(settings)  # production is not the demo
+    assert not (tmp_path / "dev-secret").exists()
+    app = agentcast.create_app(settings, dev=True)
     gateway: Gateway = app.state.agentcast
     assert {"demo", "echo", "countdown", "shout", "whisper"} <= set(gateway.engine.registry)
-    assert (tmp_path / "dev-secret").is_file()  # no jwt_secret: the development one
+    assert (tmp_path / "dev-secret").is_file()  # no jwt_secret, dev: the development one
     async with agentcast_lifespan(app):
         token = gateway.auth.mint_token("zoe")
         async with httpx.AsyncClient(
@@ -145,7 +148,9 @@ def test_loading_the_same_agents_twice_is_harmless(tmp_path: Path) -> None:
     from agentcast.gateway.app import load_agents
 
     specs = ["tests.gateway.sample_agents:shout"]
-    settings = GatewaySettings(log_backend="memory", data_dir=tmp_path, agents=specs)
+    settings = GatewaySettings(
+        log_backend="memory", data_dir=tmp_path, agents=specs, jwt_secret=SECRET
+    )
     app = create_app(settings, load_agents(specs, builtin_registry()))
     assert "shout" in gateway_of(app).engine.registry
 
@@ -154,7 +159,10 @@ def test_named_agents_replace_the_built_ins_and_the_default_agent_must_be_served
     tmp_path: Path,
 ) -> None:
     only_mine = GatewaySettings(
-        log_backend="memory", data_dir=tmp_path, agents=["tests.gateway.sample_agents:registry"]
+        log_backend="memory",
+        data_dir=tmp_path,
+        agents=["tests.gateway.sample_agents:registry"],
+        jwt_secret=SECRET,
     )
     with pytest.raises(ValueError, match="the default agent 'demo' is not served"):
         create_app(only_mine)
@@ -173,6 +181,8 @@ def test_named_agents_replace_the_built_ins_and_the_default_agent_must_be_served
     ],
 )
 def test_bad_agent_specs(tmp_path: Path, spec: str, match: str) -> None:
-    settings = GatewaySettings(log_backend="memory", data_dir=tmp_path, agents=[spec])
+    settings = GatewaySettings(
+        log_backend="memory", data_dir=tmp_path, agents=[spec], jwt_secret=SECRET
+    )
     with pytest.raises(ValueError, match=match):
         create_app(settings)

@@ -135,6 +135,7 @@ def create_app(
     *,
     engine: Engine | None = None,
     lifespan: bool = True,
+    dev: bool = False,
 ) -> Starlette:
     """Build the agentcast ASGI app; the Gateway is at ``app.state.agentcast``.
 
@@ -148,8 +149,23 @@ def create_app(
         lifespan: Run the gateway's start-up and shutdown in this app's
             lifespan. ``False`` when mounted: the host calls
             :func:`agentcast_lifespan`.
+        dev: Development mode: without a configured key, tokens are checked
+            with a random secret created in ``settings.data_dir`` (what
+            ``agentcast token`` and ``serve --dev`` sign with).
+
+    Raises:
+        ValueError: no key is configured and ``dev`` is false (production is
+            not the demo: an app that cannot check tokens is refused, as
+            ``serve`` refuses), the default agent is not served, or an agent
+            spec or key cannot be loaded.
     """
     settings = settings if settings is not None else GatewaySettings()
+    if not settings.has_key and not dev:
+        raise ValueError(
+            "no key to check tokens with: set AGENTCAST_JWT_SECRET (HS256), or "
+            "AGENTCAST_JWT_PUBLIC_KEY or AGENTCAST_JWKS_URL; for a development app "
+            "on this machine, call create_app(..., dev=True)"
+        )
     if engine is None:
         # The built-in agents are served unless agents are named; to keep them
         # beside your own, name agentcast.agents.builtin:registry too.

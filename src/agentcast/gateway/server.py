@@ -217,9 +217,7 @@ async def serve(
             ``dev``), ``dev`` on a non-loopback host, or the authentication
             settings are inconsistent.
     """
-    keyless = (
-        settings.jwt_secret is None and settings.jwt_public_key is None and not settings.jwks_url
-    )
+    keyless = not settings.has_key
     if dev and not is_loopback(settings.host):
         raise ServeError(
             f"--dev serves on this machine only (127.0.0.1, ::1 or localhost), not on "

@@ -10,7 +10,7 @@ The lock file also carries a small JSON marker about the session holding it
 the previous session ended cleanly — which matters for
 ``synchronous=NORMAL``, where a power loss may lose the last commits — and
 whether the database is still the one that session left, not a replaced or
-restored file (see :mod:`agentcast.db.sqlite`). A marker that is missing or
+restored file (see :mod:`agentcast.db.session`). A marker that is missing or
 cannot be read comes back as ``{}``.
 """
 

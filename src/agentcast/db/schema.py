@@ -93,7 +93,7 @@ MIGRATIONS: Final[tuple[tuple[int, str], ...]] = (
         -- replaced at every open and clean close. The lock marker records
         -- both, so a database file that was replaced or restored from an
         -- older copy does not match it, and its streams get new epochs
-        -- (agentcast.db.sqlite, "Restores").
+        -- (agentcast.db.session, "Restores").
         CREATE TABLE meta (
             key   TEXT PRIMARY KEY,
             value TEXT NOT NULL

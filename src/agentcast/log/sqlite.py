@@ -19,23 +19,15 @@ database, shared with the store (:mod:`agentcast.db.schema`).
   read inside the transaction, never from an in-memory counter, so a failed
   group leaves nothing to resynchronise. The epoch is created once with the
   stream row and kept by trims and restarts (docs/event-log.md, "Positions
-  and resume"); see :mod:`agentcast.db.sqlite` for the ``NORMAL`` mode case.
+  and resume"); see :mod:`agentcast.db.session` for the ``NORMAL`` mode case.
 * **Idempotent** (invariant 7): a draft whose ``event_id`` is stored — or
   appears earlier in the same batch, or in an op earlier in the same group —
   is returned as stored, not stored again.
 * **Run status with its terminal event** (invariant 3): the optional
   projector runs inside the same op, so it commits or rolls back with it.
-* **Stream heads in memory.** This process is the database's only writer (the
-  data directory's lock), so :meth:`SqliteLog.info` answers from a bounded
-  cache of stream infos that every commit callback advances; only a miss
-  reads the database. Values only ever move forward (``last_seq`` and
-  ``first_seq`` are merged with ``max``), so a read that raced a commit can
-  never move a stream back. A miss is the one case the commit callback cannot
-  reach (nothing is cached yet), so while a look-up of a thread is in flight
-  the callbacks record that thread's committed head and trim, and the
-  look-up merges them before caching: a commit landing during the read is
-  never lost. A reconnect storm — thousands of ``subscribe`` with
-  ``after_seq`` — then costs no database round trip for the position.
+* **Stream heads in memory.** :meth:`SqliteLog.info` answers from a bounded
+  cache that every commit callback advances and that never moves a stream
+  back, even when a read races a commit (:mod:`agentcast.log.heads`).
 * **Transient or permanent.** A failed append raises
   :class:`~agentcast.errors.LogUnavailable` when retrying may succeed (the
   database is busy, full or failing — ``sqlite3.OperationalError`` — or the
@@ -62,6 +54,7 @@ from ..db.sqlite import SqliteDatabase, WriteOutcomeUnknown
 from ..errors import AppendRejected, LogUnavailable
 from .base import EventDraft, EventLog, StoredEvent, StreamInfo, resolve_start
 from .follower import StreamFollower
+from .heads import DEFAULT_INFO_THREADS, StreamHeads
 from .memory import stored_event
 from .tail import DEFAULT_TAIL_EVENTS, DEFAULT_TAIL_THREADS, CommitListener, Tail
 
@@ -75,8 +68,6 @@ _INSERT: Final = f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, 
 _READ: Final = f"SELECT {_COLUMNS} FROM events WHERE thread_id = ? AND seq > ? ORDER BY seq LIMIT ?"
 _STREAM: Final = "SELECT epoch, first_seq, last_seq FROM streams WHERE thread_id = ?"
 _ID_CHUNK: Final = 500  # stay far below SQLite's bound on query parameters
-#: Stream infos kept in memory (least recently used evicted; a miss reads the database).
-DEFAULT_INFO_THREADS: Final = 100_000
 #: SQLite errors that a retry of the same append would meet again.
 _REJECTED: Final = (
     sqlite3.IntegrityError,
@@ -90,24 +81,6 @@ _REJECTED: Final = (
 def new_epoch() -> str:
     """A fresh random epoch token (64 bits, hex)."""
     return os.urandom(8).hex()
-
-
-@dataclass(slots=True)
-class _Lookup:
-    """What commits told us about a thread while its stream row was being read.
-
-    The commit callbacks only move cached infos; a thread being looked up is
-    not cached yet, so they record here instead and the look-up merges it.
-    """
-
-    #: ``info`` calls of this thread waiting for the database.
-    waiting: int = 0
-    #: Highest ``first_seq`` set by a trim committed meanwhile (0: none).
-    first_seq: int = 0
-    #: Highest ``seq`` committed meanwhile (0: none).
-    last_seq: int = 0
-    #: A write of this thread ended with an unknown outcome: do not cache.
-    uncertain: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,9 +127,7 @@ class SqliteLog:
         self._db = db
         self._projector = projector
         self._tail = Tail(tail_events_per_thread, tail_threads)
-        self._infos: OrderedDict[str, StreamInfo] = OrderedDict()
-        self._max_infos = info_threads
-        self._lookups: dict[str, _Lookup] = {}
+        self._heads = StreamHeads(info_threads)
         self._closed = False
         #: Appends queued at the writer and not yet resolved (``close`` waits for them).
         self._in_flight: set[asyncio.Future[Any]] = set()
@@ -174,7 +145,7 @@ class SqliteLog:
         """Open the database if its owner has not yet; accept calls again after ``close``."""
         await self._db.open()
         self._tail.clear()  # start from what the database says, not from a past session
-        self._infos.clear()
+        self._heads.clear()
         self._tail.reopen()
         self._closed = False
 
@@ -241,33 +212,21 @@ class SqliteLog:
         event an epoch that the first event will keep.
         """
         self._check_open()
-        cached = self._infos.get(thread_id)
+        cached = self._heads.get(thread_id)
         if cached is not None:
-            self._infos.move_to_end(thread_id)
             return cached
 
         def lookup(conn: sqlite3.Connection) -> Any:
             return conn.execute(_STREAM, (thread_id,)).fetchone()
 
         # Commits that land while we wait are recorded in ``pending`` (see
-        # ``_advance``): the row we get may predate them.
-        pending = self._lookups.get(thread_id)
-        if pending is None:
-            pending = self._lookups[thread_id] = _Lookup()
-        pending.waiting += 1
-        try:
+        # ``StreamHeads.advance``): the row we get may predate them.
+        with self._heads.lookup(thread_id) as pending:
             row = await self._db.read(lookup)
             if row is None:
                 row = await self._write(partial(_get_or_create, thread_id))
-        finally:
-            pending.waiting -= 1
-            if pending.waiting == 0 and self._lookups.get(thread_id) is pending:
-                del self._lookups[thread_id]
         epoch, first_seq, last_seq = row
-        info = StreamInfo(epoch, max(first_seq, pending.first_seq), max(last_seq, pending.last_seq))
-        if pending.uncertain:
-            return info  # a write of unknown outcome: answer, but let the next call re-read
-        return self._remember(thread_id, info)
+        return self._heads.looked_up(thread_id, pending, StreamInfo(epoch, first_seq, last_seq))
 
     async def follow(
         self, thread_id: str, after_seq: int = 0, epoch: str | None = None
@@ -301,12 +260,7 @@ class SqliteLog:
         def on_commit(result: tuple[int, int]) -> None:
             if result[1]:
                 self._tail.trim(thread_id, result[1])
-                cached = self._infos.get(thread_id)
-                if cached is not None and cached.first_seq < result[1]:
-                    self._infos[thread_id] = StreamInfo(cached.epoch, result[1], cached.last_seq)
-                pending = self._lookups.get(thread_id)
-                if pending is not None and pending.first_seq < result[1]:
-                    pending.first_seq = result[1]
+                self._heads.trimmed(thread_id, result[1])
 
         deleted, _ = await self._write(op, on_commit=on_commit)
         return int(deleted)
@@ -369,7 +323,7 @@ class SqliteLog:
         # Runs after COMMIT returned (invariant 2: durable before visible),
         # even if the caller was cancelled meanwhile.
         if appended.new:
-            self._advance(appended.new)
+            self._heads.advance(appended.new)
             self._tail.publish(appended.new)
 
     async def _write(
@@ -382,40 +336,14 @@ class SqliteLog:
         except sqlite3.Error as exc:
             raise LogUnavailable(f"write failed: {exc}") from exc
 
+    @property
+    def _infos(self) -> OrderedDict[str, StreamInfo]:
+        """The cached stream infos, least recently used first (for tests)."""
+        return self._heads.infos
+
     def _remember(self, thread_id: str, info: StreamInfo) -> StreamInfo:
-        """Cache what the database said, never moving a cached stream back."""
-        cached = self._infos.get(thread_id)
-        if cached is not None and cached.epoch == info.epoch:
-            info = StreamInfo(
-                info.epoch,
-                max(info.first_seq, cached.first_seq),
-                max(info.last_seq, cached.last_seq),
-            )
-        self._infos[thread_id] = info
-        self._infos.move_to_end(thread_id)
-        while len(self._infos) > self._max_infos:
-            self._infos.popitem(last=False)
-        return info
-
-    def _advance(self, events: list[StoredEvent]) -> None:
-        """Move cached heads past committed events (on the loop, in commit order).
-
-        A thread being looked up is not cached yet: its head is recorded for
-        the look-up to merge, or the look-up would cache a row read before
-        this commit (a resuming client at the real head would then be told
-        ``recovered: false`` and replay everything).
-        """
-        heads = {event.thread_id: event.seq for event in events}  # seq order per thread
-        infos = self._infos
-        lookups = self._lookups
-        for thread_id, seq in heads.items():
-            cached = infos.get(thread_id)
-            if cached is not None and cached.last_seq < seq:
-                infos[thread_id] = StreamInfo(cached.epoch, cached.first_seq, seq)
-            if lookups:
-                pending = lookups.get(thread_id)
-                if pending is not None and pending.last_seq < seq:
-                    pending.last_seq = seq
+        """Cache what the database said, never moving a cached stream back (for tests)."""
+        return self._heads.remember(thread_id, info)
 
     def _resync(self, thread_ids: Iterable[str]) -> None:
         """Forget what we hold about threads whose write may have committed unseen.
@@ -429,11 +357,8 @@ class SqliteLog:
         """
         threads = list(thread_ids)
         for thread_id in threads:
-            self._infos.pop(thread_id, None)
+            self._heads.forget(thread_id)
             self._tail.forget(thread_id)
-            pending = self._lookups.get(thread_id)
-            if pending is not None:
-                pending.uncertain = True
         for thread_id in threads:
             self._tail.notify(thread_id)
 

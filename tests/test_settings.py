@@ -47,6 +47,10 @@ INVALID: list[tuple[str, Any]] = [
     ("ws_ping_timeout_s", 0),
     ("sse_keepalive_s", 0),
     ("ws_rate_per_s", 0),
+    ("http_rate_per_s", 0),
+    ("max_token_lifetime_s", 0),
+    ("retention_max_age_s", 0),
+    ("retention_interval_s", -1),
     # durations where 0 is fine, but not less
     ("shutdown_grace_s", -1),
     ("shutdown_drain_s", -1),
@@ -63,6 +67,11 @@ INVALID: list[tuple[str, Any]] = [
     ("tail_events_per_thread", 0),
     ("catchup_batch", 0),
     ("ws_rate_burst", 0),
+    ("http_rate_burst", 0),
+    ("max_subscriptions_per_connection", 0),
+    ("max_connections_per_user", 0),
+    ("max_tickets_per_user", 0),
+    ("retention_max_events", 0),
     # queue bounds: >= 0
     ("max_queued_per_user", -1),
     ("max_queued_per_thread", -1),
@@ -72,6 +81,8 @@ INVALID: list[tuple[str, Any]] = [
     ("ws_send_queue_bytes", 0),
     ("max_value_bytes", 63),
     ("max_value_bytes", 0),
+    ("max_event_bytes", 0),
+    ("http_events_page_bytes", 0),
     # ranges, types and enums
     ("port", -1),
     ("port", 65536),
@@ -185,6 +196,24 @@ def test_invalid_values_are_refused_naming_the_field(name: str, value: Any) -> N
     if name in AGENT_FIELDS:
         with pytest.raises(ValueError, match=re.escape(f"{name} ({variable})")):
             AgentSettings(**{name: value})
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"max_event_bytes": 8 * 1024 * 1024}, "ws_send_queue_bytes"),
+        ({"ws_send_queue_bytes": 1024}, "max_event_bytes"),
+        ({"dev_token_ttl_s": 30 * 24 * 3600}, "max_token_lifetime_s"),
+    ],
+)
+def test_rules_between_fields_are_checked_by_every_model(
+    values: dict[str, Any], named: str
+) -> None:
+    """A send budget below the largest event, or minted tokens that would be refused."""
+    with pytest.raises(InvalidSetting, match=named):
+        load_settings(**values)
+    with pytest.raises(ValidationError, match=named):
+        GatewaySettings(**values)
 
 
 def test_several_bad_values_are_all_named() -> None:

@@ -45,6 +45,8 @@ class EngineSettings:
     sqlite_synchronous: Synchronous = _d("sqlite_synchronous")  # noqa: RUF009 - a str
 
     # --- events and tools
+    #: Largest encoded event; ``emit`` refuses a larger one (``EventTooLarge``).
+    max_event_bytes: int = _d("max_event_bytes")
     max_value_bytes: int = _d("max_value_bytes")
     text_coalesce_ms: float = _d("text_coalesce_ms")
     tool_timeout_s: float = _d("tool_timeout_s")
@@ -72,6 +74,11 @@ class EngineSettings:
 
     # --- log
     tail_events_per_thread: int = _d("tail_events_per_thread")
+    #: Retention (docs/event-log.md): trim events older than this (``None``: no age bound).
+    retention_max_age_s: float | None = _d("retention_max_age_s")
+    #: Retention: keep at most this many events per thread (``None``: no bound).
+    retention_max_events: int | None = _d("retention_max_events")
+    retention_interval_s: float = _d("retention_interval_s")
 
     def __post_init__(self) -> None:
         # Validate (and coerce: "5" -> 5, str -> Path) with the model's rules.

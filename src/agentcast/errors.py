@@ -12,6 +12,7 @@ The exception tree (``code`` is the row of :data:`ERRORS` it answers with)::
     └── AgentcastError                 code, message, retryable (from its row)
         ├── InvalidInput               invalid_message  (bad arguments, bad events)
         │   ├── InvalidEvent           an event that fails the contract
+        │   │   └── EventTooLarge      over max_event_bytes once encoded
         │   ├── InvalidSetting*        a bad setting, also a ValueError (settings)
         │   ├── BadRequest*            HTTP 400 instead of 422 (gateway.problems)
         │   └── PayloadTooLarge*       HTTP 413 instead of 422 (gateway.problems)
@@ -62,6 +63,7 @@ __all__ = [
     "DataDirLocked",
     "ErrorCode",
     "ErrorSpec",
+    "EventTooLarge",
     "InternalError",
     "InvalidEvent",
     "InvalidInput",
@@ -100,6 +102,7 @@ class CloseCode(IntEnum):
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
     SLOW_CONSUMER = 4008
+    TOO_MANY_CONNECTIONS = 4029
     UNAUTHORIZED = 4401
 
 
@@ -159,7 +162,8 @@ ERRORS: Final[dict[ErrorCode, ErrorSpec]] = {
         False,
     ),
     ErrorCode.LIMIT_EXCEEDED: ErrorSpec(
-        "A per-user or per-thread bound on runs was reached.",
+        "A bound was reached: runs per user or thread, subscriptions per connection, "
+        "open tickets per user; the limit field names the setting.",
         429,
         "Limit exceeded",
         None,
@@ -224,6 +228,9 @@ CLOSES: Final[dict[CloseCode, CloseSpec]] = {
     ),
     CloseCode.SLOW_CONSUMER: CloseSpec(
         "The client fell too far behind; reconnect and resume from the log.", True
+    ),
+    CloseCode.TOO_MANY_CONNECTIONS: CloseSpec(
+        "The user has too many open connections; reconnect later (with backoff).", True
     ),
     CloseCode.UNAUTHORIZED: CloseSpec("Missing, invalid or expired credentials.", False),
 }
@@ -299,6 +306,15 @@ class InvalidEvent(InvalidInput):
     """An event that fails validation; it is never appended."""
 
 
+class EventTooLarge(InvalidEvent):
+    """An event larger than ``max_event_bytes`` once encoded; it is never appended.
+
+    Refused at ``emit``, before the log: appended, it would be sent to every
+    viewer of the thread, and a viewer whose budget it exceeds could never
+    read the thread again.
+    """
+
+
 class NotFound(AgentcastError):
     """Unknown thread, run or agent — or one owned by another user."""
 
@@ -312,9 +328,21 @@ class RunActive(AgentcastError):
 
 
 class LimitExceeded(AgentcastError):
-    """A bound on concurrent or queued runs was reached."""
+    """A bound was reached (runs, queued runs, subscriptions, tickets).
+
+    Args:
+        message: What was refused, safe to show to the client.
+        limit: The setting that bounds it (``max_runs_per_user``,
+            ``max_subscriptions_per_connection`` …): sent as the ``limit``
+            field of the error frame or problem document, so a client can
+            tell the bounds apart without parsing the message.
+    """
 
     code = ErrorCode.LIMIT_EXCEEDED
+
+    def __init__(self, message: str = "", limit: str | None = None) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 class RateLimited(AgentcastError):

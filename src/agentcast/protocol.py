@@ -303,11 +303,16 @@ class Pong(_Frame, frozen=True, kw_only=True, tag="pong"):
 
 
 class ErrorFrame(_Frame, frozen=True, kw_only=True, omit_defaults=False, tag="error"):
-    """A request failed; ``ref`` is its ``id`` (``null`` when it had none)."""
+    """A request failed; ``ref`` is its ``id`` (``null`` when it had none).
+
+    ``limit`` (only with ``limit_exceeded``) names the setting whose bound was
+    reached; absent otherwise.
+    """
 
     code: str
     message: str
     ref: Ref | None = None
+    limit: str | msgspec.UnsetType = msgspec.UNSET
 
 
 ServerFrame = (

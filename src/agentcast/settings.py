@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from annotated_types import Ge, Gt
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -59,6 +59,7 @@ __all__ = [
     "InvalidSetting",
     "LogSection",
     "Origin",
+    "check_consistency",
     "check_field",
     "default_of",
     "env_name",
@@ -119,6 +120,9 @@ class EngineSection(BaseModel):
     append_batch: Limit = 512
     #: An append that has not committed within this is an outage (retried).
     append_timeout_s: Seconds = 30.0
+    #: Largest encoded event (envelope and payload); ``emit`` refuses a larger one
+    #: with :class:`~agentcast.errors.EventTooLarge`, so no viewer ever gets it.
+    max_event_bytes: Limit = 1024 * 1024
 
 
 class LogSection(BaseModel):
@@ -131,6 +135,12 @@ class LogSection(BaseModel):
     #: ``FULL`` (durable across power loss) or ``NORMAL`` (faster; may lose the last commits).
     sqlite_synchronous: Synchronous = "FULL"
     tail_events_per_thread: Limit = 1024
+    #: Retention: events older than this are trimmed (unset: kept whatever their age).
+    retention_max_age_s: Seconds | None = None
+    #: Retention: at most this many events kept per thread (unset: no bound).
+    retention_max_events: Limit | None = None
+    #: How often the retention sweep runs (only when a retention bound is set).
+    retention_interval_s: Seconds = 60.0
 
 
 class GatewaySection(BaseModel):
@@ -144,6 +154,15 @@ class GatewaySection(BaseModel):
     cors_origins: list[str] = Field(default_factory=list)
     #: Largest request body accepted (413 beyond).
     http_max_body_bytes: Limit = 1024 * 1024
+    #: Per-user HTTP request rate (token-bucket refill per second) and burst (429 beyond).
+    http_rate_per_s: Seconds = 20.0
+    http_rate_burst: Limit = 60
+    #: Largest page of ``GET /v1/threads/{id}/events`` in bytes (a page has at least one event).
+    http_events_page_bytes: Limit = 1024 * 1024
+    #: Subscriptions one WebSocket may hold at once (``limit_exceeded`` beyond).
+    max_subscriptions_per_connection: Limit = 100
+    #: Open WebSocket and SSE connections of one user in this process (close 4029 / 429 beyond).
+    max_connections_per_user: Limit = 20
     ws_max_frame_bytes: Limit = 64 * 1024
     #: Bytes a connection may have queued for sending before it is a slow consumer (4008).
     ws_send_queue_bytes: Limit = 4 * 1024 * 1024
@@ -179,7 +198,12 @@ class AuthSection(BaseModel):
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
     ticket_ttl_s: Seconds = 60.0
-    dev_token_ttl_s: Seconds = 30 * 24 * 3600.0
+    #: Unused WebSocket tickets one user may hold (``limit_exceeded`` beyond).
+    max_tickets_per_user: Limit = 10
+    #: Longest token lifetime accepted: a token whose ``exp`` lies further than
+    #: this after its ``iat`` (or after now) is refused, as is one without ``exp``.
+    max_token_lifetime_s: Seconds = 7 * 24 * 3600.0
+    dev_token_ttl_s: Seconds = 7 * 24 * 3600.0
     #: Clock skew tolerated on ``exp``/``nbf``/``iat``, in seconds (``0``: none).
     jwt_leeway_s: Wait = 0.0
 
@@ -354,12 +378,40 @@ class AgentcastSettings(BaseSettings):
         """Arguments first, then the flat environment; no ``.env`` or secret files."""
         return init_settings, _FlatEnvSource(settings_cls)
 
+    @model_validator(mode="after")
+    def _consistent(self) -> AgentcastSettings:
+        check_consistency(self.flat())
+        return self
+
     def flat(self) -> dict[str, Any]:
         """Every field by its flat name (what the views are built from)."""
         values: dict[str, Any] = {}
         for section in SECTIONS:
             values.update(dict(getattr(self, section)))
         return values
+
+
+def check_consistency(values: Mapping[str, Any]) -> None:
+    """Rules between fields, which no single field's bound can state.
+
+    Raises:
+        ValueError: naming the fields and their variables.
+    """
+    problems: list[str] = []
+    if values["ws_send_queue_bytes"] < values["max_event_bytes"]:
+        problems.append(
+            f"ws_send_queue_bytes ({env_name('ws_send_queue_bytes')}) must be at least "
+            f"max_event_bytes ({env_name('max_event_bytes')}): a larger event could never "
+            "be sent and every viewer of its thread would be closed as a slow consumer"
+        )
+    if values["dev_token_ttl_s"] > values["max_token_lifetime_s"]:
+        problems.append(
+            f"dev_token_ttl_s ({env_name('dev_token_ttl_s')}) must not exceed "
+            f"max_token_lifetime_s ({env_name('max_token_lifetime_s')}): minted tokens "
+            "would be refused"
+        )
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 Origin = Literal["default", "environment", "flag"]
@@ -385,7 +437,11 @@ def load_settings(
         problems = []
         for error in exc.errors():
             # loc is (section, field[, item]); the flat name is what users know.
-            name = str(error["loc"][1]) if len(error["loc"]) > 1 else str(error["loc"][0])
+            loc = error["loc"]
+            if not loc:  # a rule between fields (check_consistency) names them itself
+                problems.append(str(error["msg"]).removeprefix("Value error, "))
+                continue
+            name = str(loc[1]) if len(loc) > 1 else str(loc[0])
             value = error.get("input")
             problems.append(
                 _problem(name, str(error["msg"]), value)

@@ -32,7 +32,9 @@ def assert_problem(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
     assert r.status_code == status, r.text
     assert r.headers["content-type"] == "application/problem+json"
     body: dict[str, Any] = r.json()
-    assert set(body) == PROBLEM_KEYS
+    # ``limit`` is the one extension member, and only limit_exceeded carries it.
+    assert set(body) - {"limit"} == PROBLEM_KEYS
+    assert ("limit" in body) is (code == "limit_exceeded")
     assert body["status"] == status
     assert body["code"] == code
     assert body["type"] == f"urn:agentcast:problem:{code}"
@@ -144,7 +146,7 @@ async def test_limit_exceeded_is_429(app_factory: AppFactory, client_for: Client
         running = await start_run(client, agent="countdown", message="100 20")
         queued = await start_run(client, agent="echo", message="queued")
         r = await client.post("/v1/runs", json={"agent": "echo", "message": "too many"})
-        assert_problem(r, 429, "limit_exceeded")
+        assert assert_problem(r, 429, "limit_exceeded")["limit"] == "max_queued_per_user"
         for run in (queued, running):
             await client.post(f"/v1/runs/{run['run_id']}/cancel")
 

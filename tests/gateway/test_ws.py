@@ -533,7 +533,7 @@ async def test_flood_is_rate_limited(make_ws_server: ServerFactory) -> None:
 async def test_slow_consumer_closed_4008_others_unaffected(
     make_ws_server: ServerFactory,
 ) -> None:
-    server = await make_ws_server(ws_send_queue_bytes=64 * 1024)
+    server = await make_ws_server(ws_send_queue_bytes=64 * 1024, max_event_bytes=64 * 1024)
     good = await server.connect(batch=True)
     stalled = await StalledClient.connect(server)
     try:
@@ -648,7 +648,7 @@ async def test_history_trimmed_under_a_lagging_subscription_is_announced(
     make_ws_server: ServerFactory,
 ) -> None:
     """Never a silent gap: trimmed-before-sent events yield an unsolicited ``subscribed``."""
-    server = await make_ws_server(ws_send_queue_bytes=1024, catchup_batch=1)
+    server = await make_ws_server(ws_send_queue_bytes=1024, max_event_bytes=1024, catchup_batch=1)
     runner = server.gateway.engine.runner
     ticket = await runner.start_run("alice", "blob", "3000 1000")  # no live reader: queue is tiny
     await runner.wait_idle()

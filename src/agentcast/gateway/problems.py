@@ -21,14 +21,22 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..errors import ERRORS, AgentcastError, AuthError, ErrorCode, InvalidInput, spec_of
+from ..errors import (
+    ERRORS,
+    AgentcastError,
+    AuthError,
+    ErrorCode,
+    InvalidInput,
+    LimitExceeded,
+    spec_of,
+)
 from .auth import Principal
 
 if TYPE_CHECKING:
@@ -80,9 +88,17 @@ class PayloadTooLarge(InvalidInput):
 
 
 def problem(
-    status: int, code: str, detail: str, *, headers: Mapping[str, str] | None = None
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> Response:
-    """A problem+json response; its ``title`` is the code's row in :data:`ERRORS`."""
+    """A problem+json response; its ``title`` is the code's row in :data:`ERRORS`.
+
+    ``extra`` adds extension members (RFC 9457), e.g. ``limit``.
+    """
     spec = spec_of(code)
     body = msgspec.json.encode(
         {
@@ -91,6 +107,7 @@ def problem(
             "status": status,
             "detail": detail,
             "code": code,
+            **(extra or {}),
         }
     )
     return Response(body, status_code=status, headers=headers, media_type=PROBLEM_CONTENT_TYPE)
@@ -109,7 +126,8 @@ def error_problem(exc: AgentcastError) -> Response:
         return internal_problem()
     status = exc.http_status or spec.http_status
     headers = {"Retry-After": "1"} if spec.retryable else None
-    return problem(status, exc.code, exc.message, headers=headers)
+    extra = {"limit": exc.limit} if isinstance(exc, LimitExceeded) and exc.limit else None
+    return problem(status, exc.code, exc.message, headers=headers, extra=extra)
 
 
 def auth_problem(exc: AuthError) -> Response:

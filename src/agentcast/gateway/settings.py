@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 
+from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ..config import EngineSettings
@@ -24,6 +25,7 @@ from ..settings import (
     EngineSection,
     GatewaySection,
     LogSection,
+    check_consistency,
 )
 
 __all__ = ["GatewaySettings"]
@@ -39,6 +41,11 @@ class GatewaySettings(
     """
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GatewaySettings:
+        check_consistency(dict(self))
+        return self
 
     def engine_settings(self) -> EngineSettings:
         """The engine's view of these settings (environment and arguments alike)."""

@@ -40,6 +40,7 @@ from ..errors import (
     ErrorCode,
     InternalError,
     InvalidInput,
+    LimitExceeded,
     RateLimited,
 )
 from ..protocol import (
@@ -310,7 +311,8 @@ class WsCommands:
         if exc.error_spec is internal:
             frame = ErrorFrame(code=ErrorCode.INTERNAL.value, message=_INTERNAL_MESSAGE, ref=ref)
         else:
-            frame = ErrorFrame(code=str(exc.code), message=exc.message, ref=ref)
+            limit = exc.limit if isinstance(exc, LimitExceeded) and exc.limit else msgspec.UNSET
+            frame = ErrorFrame(code=str(exc.code), message=exc.message, ref=ref, limit=limit)
         self._reply(frame)
 
 

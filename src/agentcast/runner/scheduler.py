@@ -101,10 +101,15 @@ class Scheduler(Generic[T]):
         if not would_wait:
             return
         if self._user_queued[user_id] - replacing >= self.max_queued_per_user:
-            raise LimitExceeded(f"at most {self.max_queued_per_user} runs may wait per user")
+            raise LimitExceeded(
+                f"at most {self.max_queued_per_user} runs may wait per user", "max_queued_per_user"
+            )
         in_thread = len(self.queued_in_thread(thread_id)) - replacing
         if thread_busy and in_thread >= self.max_queued_per_thread:
-            raise LimitExceeded(f"at most {self.max_queued_per_thread} runs may wait per thread")
+            raise LimitExceeded(
+                f"at most {self.max_queued_per_thread} runs may wait per thread",
+                "max_queued_per_thread",
+            )
 
     def enqueue(self, slot: Slot[T]) -> None:
         """Add a run at the end of the line (kept ordered by ``queue_pos``)."""

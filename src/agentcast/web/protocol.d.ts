@@ -91,6 +91,7 @@ export const CloseCode: Readonly<{
     MESSAGE_TOO_BIG: 1009;
     INTERNAL_ERROR: 1011;
     SLOW_CONSUMER: 4008;
+    TOO_MANY_CONNECTIONS: 4029;
     UNAUTHORIZED: 4401;
 }>;
 /**

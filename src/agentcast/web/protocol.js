@@ -22,6 +22,7 @@ export const CloseCode = Object.freeze({
   MESSAGE_TOO_BIG: 1009,
   INTERNAL_ERROR: 1011,
   SLOW_CONSUMER: 4008,
+  TOO_MANY_CONNECTIONS: 4029,
   UNAUTHORIZED: 4401,
 });
 

@@ -9,7 +9,11 @@ gateway's connection set, so it can never drift from the truth):
   up the label set;
 * ``agentcast_open_connections{transport}`` — open WebSocket and SSE
   connections (a connection's ``transport`` attribute, ``websocket`` when it
-  has none).
+  has none);
+* ``agentcast_limit_refusals_total{limit}`` — requests, frames and
+  connections refused because a bound was reached, by the setting that
+  bounds it (``max_connections_per_user``, ``http_rate_per_s`` …): a limit
+  that keeps refusing is either an attack or a default to raise.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ class GatewayMetrics(Collector):
     ) -> None:
         self._connections = connections
         self._requests: Counter[tuple[str, int]] = Counter()
+        self._refusals: Counter[str] = Counter()
         if registry is not None:
             try:
                 registry.register(self)
@@ -56,13 +61,21 @@ class GatewayMetrics(Collector):
         """Count one answered HTTP request."""
         self._requests[(route, status)] += 1
 
+    def refused(self, limit: str) -> None:
+        """Count one refusal by the bound ``limit`` (a setting's name)."""
+        self._refusals[limit] += 1
+
+    def refusals(self, limit: str) -> int:
+        """How many refusals ``limit`` caused (tests)."""
+        return self._refusals[limit]
+
     def requests(self, route: str, status: int) -> int:
         """How many requests to ``route`` were answered with ``status`` (tests)."""
         return self._requests[(route, status)]
 
     def describe(self) -> Iterable[Metric]:
         """The families, without values (lets the registry refuse duplicates)."""
-        return [self._request_family(), self._connection_family()]
+        return [self._request_family(), self._connection_family(), self._refusal_family()]
 
     def collect(self) -> Iterator[Metric]:
         """The families with their current values."""
@@ -77,8 +90,20 @@ class GatewayMetrics(Collector):
         for transport in sorted(set(_TRANSPORTS) | set(by_transport)):
             connections.add_metric([transport], by_transport[transport])
         yield connections
+        refusals = self._refusal_family()
+        for limit, count in sorted(self._refusals.items()):
+            refusals.add_metric([limit], count)
+        yield refusals
 
     # Private methods
+
+    @staticmethod
+    def _refusal_family() -> CounterMetricFamily:
+        return CounterMetricFamily(
+            "agentcast_limit_refusals",
+            "Requests, frames and connections refused by a bound, by its setting.",
+            labels=["limit"],
+        )
 
     @staticmethod
     def _request_family() -> CounterMetricFamily:

@@ -30,6 +30,7 @@ REQUIRE_SERVICES = os.environ.get("AGENTCAST_REQUIRE_SERVICES") == "1"
 #: test in them is marked ``timing``. Listed here so that no module has to say it.
 TIMING_SENSITIVE: Final = (
     "tests/runner/",  # runs, restarts, shutdown grace, a crashing child process
+    "tests/llm/",  # a paced, stalled or dropped model stream and its disconnect
     "tests/agents/test_context.py",  # text coalescing windows
     "tests/agents/test_tools.py",  # tool timeouts and concurrency
     "tests/agents/test_builtin.py",  # the demo's pace (finishes within three seconds)

@@ -1,0 +1,1 @@
+"""Tests of the LLM agent's test infrastructure: a replaying OpenAI-compatible server."""

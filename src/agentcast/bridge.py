@@ -30,7 +30,8 @@ from typing import Any, Final
 
 from .appender import Appender
 from .config import EngineSettings
-from .errors import LogUnavailable, Unavailable
+from .errors import EventTooLarge, InvalidEvent, LogUnavailable, Unavailable
+from .event_size import check_event_size
 from .events import EventType, encode_payload
 from .lifecycle import BridgeState, Lifecycle, StateObserver
 from .log.base import EventDraft, EventLog, Follower, StoredEvent, StreamInfo
@@ -186,24 +187,34 @@ class Bridge:
         """Validate, stamp and durably append one event; return it with its seq.
 
         Waits while the log is unavailable (nothing is dropped). ``event_id``
-        lets a caller retry an emit safely (the log stores it once).
+        lets a caller retry an emit safely (the log stores it once). The size
+        bound is checked on the envelope as it will be stored and sent (seq at
+        its widest), around the payload bytes encoded once here (``event_size``).
 
         Raises:
+            EventTooLarge: over ``max_event_bytes``; nothing is appended, and the
+                bridge fails nothing else (the caller decides what it means).
             InvalidEvent: the payload breaks the contract; nothing is appended.
             Unavailable: the bridge is not started or is closed.
         """
-        payload = encode_payload(event_type, data)
+        try:
+            payload = encode_payload(event_type, data)
+            eid, ts = event_id or new_event_id(), time.time()
+            check_event_size(
+                payload, self.settings.max_event_bytes, event_type=event_type, event_id=eid,
+                thread_id=thread_id, run_id=run_id, parent_run_id=parent_run_id, agent=agent,
+                ts=ts,
+            )  # fmt: skip
+        except EventTooLarge:
+            self.metrics.events_refused.labels("too_large").inc()
+            raise
+        except InvalidEvent:
+            self.metrics.events_refused.labels("invalid").inc()
+            raise
         draft = EventDraft(
-            event_id or new_event_id(),
-            thread_id,
-            run_id,
-            parent_run_id,
-            event_type,
-            time.time(),
-            agent,
-            payload,
-            event_id is None,  # fresh: ours, never submitted before
-        )
+            eid, thread_id, run_id, parent_run_id, event_type, ts, agent, payload,
+            fresh=event_id is None,  # ours, never submitted before
+        )  # fmt: skip
         return await self._submit(draft)
 
     async def _submit(self, draft: EventDraft) -> StoredEvent:

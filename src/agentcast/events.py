@@ -11,6 +11,15 @@ payload's ``msgspec.Struct`` (unknown fields, wrong types and out-of-range
 values are rejected), then encoded to JSON exactly once. The log later splices
 those bytes into the envelope once ``seq`` is known, and every subscriber is
 sent the same bytes: an event is never re-encoded per connection.
+
+Bounds (docs/events.md). Every string of a payload is bounded. Identifier-like
+fields (ids, names, ``tool_name``, ``error_type``, ``message_id``) are
+:data:`Name`: 1 to :data:`MAX_NAME_CHARS` (256) characters, the bound the
+protocol puts on ids. Free-text fields (:data:`FreeText`: ``message``,
+``reasoning``, ``delta``, ``final_response``, ``error``, ``reason``) have no
+bound of their own: the whole event is bounded by ``max_event_bytes``
+(:mod:`agentcast.event_size`, checked by ``Bridge.emit``). A value over a
+bound is refused with :class:`InvalidEvent` naming the field.
 """
 
 from __future__ import annotations
@@ -28,8 +37,10 @@ from .errors import InvalidEvent
 __all__ = [
     "DEFAULT_MAX_VALUE_BYTES",
     "EVENT_VERSION",
+    "MAX_NAME_CHARS",
     "PAYLOAD_TYPES",
     "REDACTED",
+    "SECRET_KEY_EXAMPLES",
     "TERMINAL_TYPES",
     "AgentCancelled",
     "AgentCompleted",
@@ -39,6 +50,8 @@ __all__ = [
     "Custom",
     "Event",
     "EventType",
+    "FreeText",
+    "Name",
     "Progress",
     "TextDelta",
     "ToolCompleted",
@@ -80,7 +93,12 @@ TERMINAL_TYPES: Final = frozenset(
 
 ToolStatus = Literal["success", "error", "timeout", "cancelled"]
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
-NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+#: The longest identifier-like string of a payload (the protocol's ids have the same bound).
+MAX_NAME_CHARS: Final = 256
+#: An identifier-like string: an id, a name, a type (1 to ``MAX_NAME_CHARS`` characters).
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_CHARS)]
+#: Free text, bounded only by the whole event's ``max_event_bytes`` (module docstring).
+FreeText = str
 
 
 class _Payload(
@@ -92,13 +110,13 @@ class _Payload(
 class AgentStarted(_Payload, frozen=True):
     """A run (or sub-run) began; ``message`` is its input."""
 
-    message: str
+    message: FreeText
 
 
 class AgentThinking(_Payload, frozen=True):
     """A reasoning step the user should see."""
 
-    reasoning: str
+    reasoning: FreeText
     step: Annotated[int, msgspec.Meta(ge=0)] | None = None
     progress: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
 
@@ -106,8 +124,8 @@ class AgentThinking(_Payload, frozen=True):
 class ToolExecuting(_Payload, frozen=True):
     """A tool call started; secrets in ``parameters`` are already redacted."""
 
-    tool_call_id: NonEmpty
-    tool_name: NonEmpty
+    tool_call_id: Name
+    tool_name: Name
     #: A JSON object; ``msgspec.Raw`` from :func:`bounded_json` is accepted so
     #: that parameters measured for size are not encoded a second time.
     parameters: Any
@@ -120,12 +138,12 @@ class ToolExecuting(_Payload, frozen=True):
 class ToolCompleted(_Payload, frozen=True):
     """A tool call ended: ``results`` on success, ``error`` otherwise."""
 
-    tool_call_id: NonEmpty
-    tool_name: NonEmpty
+    tool_call_id: Name
+    tool_name: Name
     status: ToolStatus
     duration_ms: NonNegative
     results: Any | msgspec.UnsetType = msgspec.UNSET
-    error: str | None = None
+    error: FreeText | None = None
 
     def __post_init__(self) -> None:
         if self.status == "success":
@@ -138,22 +156,22 @@ class ToolCompleted(_Payload, frozen=True):
 class TextDelta(_Payload, frozen=True):
     """A chunk of streamed text (coalesced tokens) of message ``message_id``."""
 
-    message_id: NonEmpty
-    delta: str
+    message_id: Name
+    delta: FreeText
 
 
 class Progress(_Payload, frozen=True):
     """Coarse progress, 0 to 100."""
 
     percentage: Annotated[float, msgspec.Meta(ge=0, le=100)]
-    message: str | None = None
+    message: FreeText | None = None
 
 
 class AgentCompleted(_Payload, frozen=True, kw_only=True, omit_defaults=False):
     """The run succeeded."""
 
     status: Literal["success"] = "success"
-    final_response: str
+    final_response: FreeText
     duration_ms: NonNegative
     result: Any | msgspec.UnsetType = msgspec.UNSET
 
@@ -161,22 +179,22 @@ class AgentCompleted(_Payload, frozen=True, kw_only=True, omit_defaults=False):
 class AgentError(_Payload, frozen=True):
     """The run failed; ``message`` is sanitised (no paths, no secrets)."""
 
-    error_type: NonEmpty
-    message: str
+    error_type: Name
+    message: FreeText
     duration_ms: NonNegative
 
 
 class AgentCancelled(_Payload, frozen=True):
     """The run was cancelled."""
 
-    reason: str
+    reason: FreeText
     duration_ms: NonNegative
 
 
 class Custom(_Payload, frozen=True):
     """An application-defined event."""
 
-    name: NonEmpty
+    name: Name
     value: Any
 
 
@@ -301,43 +319,59 @@ def decode_events(raw: bytes | str) -> list[Event]:
 
 # --- redaction and size limits -------------------------------------------------
 
+#: The redaction rule, by example: ``(key, is_secret)``. It is the contract of
+#: :func:`is_secret_key` (tests/test_redaction.py checks every row, for keys of
+#: mappings and for ``key=value`` pairs in text): a change to the rule starts
+#: with a row here. ``key`` alone is no secret (``primary_key``, ``monkey``,
+#: ``keyword``); ``token`` is one only as the last word (not ``max_tokens``,
+#: ``token_count``, ``tokenizer``).
+SECRET_KEY_EXAMPLES: Final[tuple[tuple[str, bool], ...]] = (
+    ("secret_key", True), ("SECRET_KEY", True), ("secretKey", True),
+    ("aws_secret_access_key", True), ("access_key", True), ("signing_key", True),
+    ("passcode", True), ("private_key", True), ("client_secret", True), ("api_key", True),
+    ("cookie", True), ("authorization", True), ("password", True), ("session_token", True),
+    ("apiKey", True), ("API-KEY", True), ("x-api-key", True), ("privateKey", True),
+    ("access_token", True), ("db_password", True), ("Set-Cookie", True), ("credentials", True),
+    ("max_tokens", False), ("total_tokens", False), ("prompt_tokens", False),
+    ("token_count", False), ("keyword", False), ("monkey", False), ("primary_key", False),
+    ("sessions_total", False), ("tokenizer", False), ("key", False), ("sort_key", False),
+    ("author", False), ("query", False),
+)  # fmt: skip
+
+#: A key whose last word is one of these is secret.
 _SECRET_WORDS: Final = frozenset(
     {
-        "password",
-        "passwd",
-        "passphrase",
-        "pwd",
-        "secret",
-        "token",
-        "apikey",
-        "authorization",
-        "credential",
-        "credentials",
-        "privatekey",
-        "cookie",
-        "jwt",
-        "bearer",
+        "password", "passwd", "passphrase", "passcode", "pwd", "secret", "token", "apikey",
+        "authorization", "credential", "credentials", "privatekey", "cookie", "jwt", "bearer",
     }
+)  # fmt: skip
+#: A key ending in ``<one of these>_key`` is secret: "key" alone is not (it names a
+#: record's key as often as a credential), only these kinds of key are.
+_SECRET_KEY_KINDS: Final = frozenset(
+    {"secret", "access", "signing", "private", "api", "auth", "encryption", "master", "session"}
 )
 _WORD_SPLIT = re.compile(r"[^a-zA-Z0-9]+|(?<=[a-z0-9])(?=[A-Z])")
 
 
 @lru_cache(maxsize=4096)  # the same few keys come back with every event of a run
 def is_secret_key(key: str) -> bool:
-    """Whether a parameter name looks like it holds a secret.
+    """Whether a parameter name looks like it holds a secret (:data:`SECRET_KEY_EXAMPLES`).
 
-    The key is split into words (``snake_case``, ``kebab-case``, ``camelCase``);
-    it is secret when its last word, or its last two words joined, is a secret
-    word: ``password``, ``client_secret``, ``access_token``, ``api_key``,
-    ``privateKey``, ``Authorization`` — but not ``max_tokens`` or
-    ``token_count``, which name sizes, not secrets.
+    Word-based, so that a secret word inside another word (``monkey``,
+    ``tokenizer``) does not count: the key is split into words
+    (``snake_case``, ``kebab-case``, ``camelCase``) and is secret when its last
+    word is a secret word (``password``, ``client_secret``, ``session_token``,
+    ``Authorization``) or its last two words are ``<kind>_key`` for a secret
+    kind (``api_key``, ``private_key``, ``aws_secret_access_key`` — not
+    ``primary_key``). Plurals and counts name sizes, not secrets:
+    ``max_tokens`` and ``token_count`` are kept.
     """
     words = [w.lower() for w in _WORD_SPLIT.split(key) if w]
     if not words:
         return False
     if words[-1] in _SECRET_WORDS:
         return True
-    return len(words) >= 2 and (words[-2] + words[-1]) in _SECRET_WORDS
+    return len(words) >= 2 and words[-1] == "key" and words[-2] in _SECRET_KEY_KINDS
 
 
 def redact(value: Any) -> Any:

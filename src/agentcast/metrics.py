@@ -20,7 +20,7 @@ _LATENCY_BUCKETS = (
 
 
 class EngineMetrics:
-    """Counters, gauges and histograms of the bridge and the runner.
+    """Counters, gauges and histograms of the bridge, the runner and retention.
 
     The three histograms observed per event (append latency, batch size,
     delivery latency) are :class:`~agentcast.histogram.LoopHistogram`: they
@@ -76,6 +76,23 @@ class EngineMetrics:
         self.queued_runs = Gauge("agentcast_queued_runs", "Runs waiting to start.", registry=r)
         self.runs_finished = Counter(
             "agentcast_runs_finished", "Runs ended, by status.", ["status"], registry=r
+        )
+        self.events_refused = Counter(
+            "agentcast_events_refused",
+            "Events refused at emit and never appended, by reason (too_large, invalid).",
+            ["reason"],
+            registry=r,
+        )
+        self.events_trimmed = Counter(
+            "agentcast_events_trimmed",
+            "Events deleted by retention (docs/event-log.md, Retention).",
+            registry=r,
+        )
+        self.retention_sweeps = Counter(
+            "agentcast_retention_sweeps",
+            "Retention sweep passes, by result (ok, error).",
+            ["result"],
+            registry=r,
         )
         self.set_state(BridgeState.UNINITIALIZED)
 

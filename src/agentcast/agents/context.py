@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from .. import events
-from ..errors import InternalError, InvalidTransition, NotFound
+from ..errors import InternalError, InvalidEvent, InvalidTransition, NotFound
 from .settings import AgentSettings
 from .tools import EmitFn, ToolDispatcher, ToolSpec
 from .whole import whole
@@ -198,6 +198,10 @@ class RunContext:
         ``settings.text_coalesce_ms`` window, or at once before any other
         event of this context, or when more than :data:`MAX_PENDING_CHARS`
         are pending. ``say`` itself does not wait for the event log.
+
+        Raises:
+            EventTooLarge: the text to send at once is over ``max_event_bytes``;
+                it is not sent (and not kept pending), the run goes on.
         """
         self._check_open()
         if not text:
@@ -307,16 +311,18 @@ class RunContext:
         # Taken out before the emit, and the emit is awaited whole: once
         # submitted the text is committed even if this task is cancelled
         # meanwhile, so keeping it pending would send it twice. An emit that
-        # raises committed nothing: the text goes back to the front. ``say``
-        # does not take the lock: text arriving during the emit stays pending.
+        # raises committed nothing: the text goes back to the front — unless it
+        # was refused (EventTooLarge): kept, it would be refused again before
+        # every later event of the run. ``say`` does not take the lock: text
+        # arriving during the emit stays pending.
         delta = "".join(self._pending)
         self._pending.clear()
         try:
             await whole(
                 self._emit_fn("text_delta", {"message_id": self.message_id, "delta": delta})
             )
-        except asyncio.CancelledError:
-            raise  # raised by ``whole`` only once the text was committed
+        except (asyncio.CancelledError, InvalidEvent):
+            raise  # cancelled: only once the text was committed; invalid: never sendable
         except BaseException:
             self._pending.insert(0, delta)
             raise

@@ -13,7 +13,8 @@ What is removed:
   paths (``C:\\x\\y``, ``\\\\server\\share``), ``file://`` URLs and relative
   paths that name a file (``src/app/x.py``) become ``<path>``;
 * secrets: the value of any ``key=value`` / ``key: value`` pair whose key
-  looks secret (:func:`agentcast.events.is_secret_key`), ``Bearer``/``Basic``
+  looks secret (:func:`agentcast.events.is_secret_key`, the same rule and
+  table as for keys of tool parameters), ``Bearer``/``Basic``
   credentials, URL user-info passwords, well-known token shapes (``sk-…``,
   ``ghp_…``, ``xox…``, ``AKIA…``, JWTs) and long random-looking strings
   become ``[REDACTED]``.

@@ -35,6 +35,7 @@ from ..agents.sanitize import sanitize_error
 from ..bridge import Bridge
 from ..config import EngineSettings
 from ..errors import InvalidTransition, NotFound, Unavailable
+from ..event_size import check_start_message
 from ..events import EventType, bounded_json
 from ..log.base import StoredEvent
 from ..store.base import NewRun, RunRecord, RunStatus, Store
@@ -229,6 +230,8 @@ class Executor:
             SubRunFailed: the sub-run ended with ``agent_error``.
             SubRunCancelled: the sub-run was cancelled by its own id.
             NotFound: no agent of that name.
+            EventTooLarge: ``message`` would make the sub-run's ``agent_started``
+                larger than ``max_event_bytes``.
             Unavailable: the parent run is winding up or over.
         """
         parent = self.states.get(parent_ctx.run_id)
@@ -236,6 +239,7 @@ class Executor:
             raise Unavailable("the parent run has ended")
         if agent not in self.registry:
             raise NotFound(f"unknown agent {agent!r}")
+        check_start_message(message, self.settings.max_event_bytes)
         prec = parent.record
         creating = asyncio.ensure_future(
             self.store.create_run(
@@ -303,9 +307,11 @@ def _time_out(state: RunState) -> None:
 
 
 def _failed(error_type: str, message: str) -> Outcome:
+    # error_type is a bounded name (256 characters, events.Name): an exception
+    # class with a longer name must not cost the run its terminal event.
     return Outcome(
         RunStatus.FAILED,
         EventType.AGENT_ERROR,
-        {"error_type": error_type, "message": message},
+        {"error_type": error_type[:256], "message": message},
         error=message,
     )

@@ -27,6 +27,7 @@ from ..agents import AgentRegistry, AgentSettings
 from ..bridge import Bridge
 from ..config import EngineSettings
 from ..errors import InvalidInput, NotFound, RunActive, Unavailable
+from ..event_size import check_start_message
 from ..events import TERMINAL_TYPES, EventType
 from ..log.base import StoredEvent
 from ..store.base import NewRun, RunRecord, RunStatus, Store
@@ -185,6 +186,7 @@ class Runner:
             raise InvalidInput(
                 f"message must be a string of at most {MAX_MESSAGE_CHARS} characters"
             )
+        check_start_message(message, self.settings.max_event_bytes)
         self._check_accepting()
         if agent not in self.registry:
             raise NotFound(f"unknown agent {agent!r}")

@@ -2,7 +2,8 @@
 
 ``Engine`` is what a server (or a test, or an embedding application) holds.
 Start-up order: database → store → bridge (opens the log, probes it) → runner
-(recovers interrupted runs). Shutdown is the reverse, per docs/architecture.md invariant
+(recovers interrupted runs) → the retention sweeper, when a retention bound is
+set (:mod:`agentcast.retention`). Shutdown is the reverse, per docs/architecture.md invariant
 9: the runner stops accepting, lets runs finish within the grace period and
 cancels the rest; the bridge appends their terminal events; then the log and
 the database close.
@@ -29,6 +30,7 @@ from .log.base import EventLog
 from .log.memory import MemoryLog
 from .log.sqlite import SqliteLog
 from .metrics import EngineMetrics
+from .retention import RetentionPolicy, RetentionSweeper
 from .runner import Runner
 from .store.base import Store
 from .store.memory import MemoryStore
@@ -77,6 +79,14 @@ class Engine:
             )
         self.bridge = Bridge(self.log, self.settings, metrics=self.metrics)
         self.runner = Runner(self.bridge, self.store, self.registry, self.settings)
+        policy = RetentionPolicy.from_settings(self.settings)
+        #: The background trimmer (docs/event-log.md, "Retention"); ``None``
+        #: unless a retention bound is set: without one nothing is ever trimmed.
+        self.retention: RetentionSweeper | None = (
+            RetentionSweeper(self.log, self.store, policy, metrics=self.metrics)
+            if policy.bounded
+            else None
+        )
         self._started = False
         self._lock = asyncio.Lock()
 
@@ -90,6 +100,9 @@ class Engine:
             await self.store.open()
             await self.bridge.ensure_integration()
             await self.runner.start()
+            if self.retention is not None:
+                # Watched: should the sweeper's task die, the bridge turns DEGRADED, loudly.
+                self.bridge.watch(self.retention.start(), "retention")
             self._started = True
 
     async def shutdown(self, grace_s: float | None = None) -> None:
@@ -108,6 +121,9 @@ class Engine:
                     closing.push_async_callback(self.db.close)
                 closing.push_async_callback(self.store.close)
                 closing.push_async_callback(self.bridge.close)
+                if self.retention is not None:
+                    # First: no trim may race the last appends or the log's close.
+                    await self.retention.stop()
                 await self.runner.shutdown(grace_s)
 
     async def __aenter__(self) -> Engine:

@@ -26,6 +26,7 @@ __all__ = [
     "NewRun",
     "RunProjection",
     "RunRecord",
+    "RunSpan",
     "RunStatus",
     "Store",
     "ThreadRecord",
@@ -118,6 +119,26 @@ class NewRun(msgspec.Struct, frozen=True):
     input: str
     parent_run_id: str | None = None
     idempotency_key: str | None = None
+
+
+class RunSpan(msgspec.Struct, frozen=True):
+    """Where one run's events sit in its thread's stream: all retention needs of a run.
+
+    Retention cuts a stream only where no run's events straddle the cut and
+    never at or after an active run's ``first_seq`` (agentcast.retention), so
+    it reads these instead of whole records.
+    """
+
+    run_id: str
+    parent_run_id: str | None
+    status: RunStatus
+    first_seq: int | None
+    last_seq: int | None
+
+    @property
+    def is_active(self) -> bool:
+        """Queued or running."""
+        return self.status in ACTIVE_STATUSES
 
 
 class MessageRecord(msgspec.Struct, frozen=True):
@@ -254,4 +275,21 @@ class Store(Protocol):
 
     async def list_messages(self, user_id: str, thread_id: str) -> list[MessageRecord]:
         """The thread's messages, oldest first."""
+        ...
+
+    async def thread_ids(self, after: str | None = None, limit: int = 1000) -> list[str]:
+        """Up to ``limit`` thread ids of every user, in id order, after ``after``.
+
+        Internal, without a user check: the retention sweep pages through
+        every thread with it, resuming where its last pass stopped.
+        """
+        ...
+
+    async def run_spans(self, thread_id: str, from_seq: int = 1) -> list[RunSpan]:
+        """The thread's runs that may have events at or after ``from_seq``, in queue order.
+
+        Every active run (a queued one has no ``first_seq`` yet) and every run
+        whose ``last_seq >= from_seq``; runs wholly below it are left out, so
+        the answer stays as small as the retained stream. Internal, no user check.
+        """
         ...

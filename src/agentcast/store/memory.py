@@ -21,6 +21,7 @@ from .base import (
     MessageRecord,
     NewRun,
     RunRecord,
+    RunSpan,
     RunStatus,
     ThreadRecord,
     project_batch,
@@ -130,6 +131,21 @@ class MemoryStore:
     async def list_messages(self, user_id: str, thread_id: str) -> list[MessageRecord]:
         await self.get_thread(user_id, thread_id)
         return list(self._messages[thread_id])
+
+    async def thread_ids(self, after: str | None = None, limit: int = 1000) -> list[str]:
+        ids = sorted(t for t in self._threads if after is None or t > after)
+        return ids[:limit]
+
+    async def run_spans(self, thread_id: str, from_seq: int = 1) -> list[RunSpan]:
+        runs = sorted(
+            (self._current(r) for r in list(self._runs.values()) if r.thread_id == thread_id),
+            key=lambda r: r.queue_pos,
+        )
+        return [
+            RunSpan(r.run_id, r.parent_run_id, r.status, r.first_seq, r.last_seq)
+            for r in runs
+            if r.is_active or (r.last_seq is not None and r.last_seq >= from_seq)
+        ]
 
     def project(self, events: Sequence[StoredEvent]) -> None:
         """Apply a committed batch to the runs it touches (the log's projector)."""

@@ -18,7 +18,15 @@ from ..db.sqlite import SqliteDatabase
 from ..errors import NotFound
 from ..log.base import StoredEvent
 from ..types import is_internal_thread, new_thread_id
-from .base import MessageRecord, NewRun, RunRecord, RunStatus, ThreadRecord, project_batch
+from .base import (
+    MessageRecord,
+    NewRun,
+    RunRecord,
+    RunSpan,
+    RunStatus,
+    ThreadRecord,
+    project_batch,
+)
 
 __all__ = ["SqliteStore"]
 
@@ -213,6 +221,31 @@ class SqliteStore:
             ).fetchall()
 
         return [MessageRecord(*row) for row in await self._db.read(op)]
+
+    async def thread_ids(self, after: str | None = None, limit: int = 1000) -> list[str]:
+        def op(conn: sqlite3.Connection) -> list[Any]:
+            return conn.execute(
+                "SELECT thread_id FROM threads WHERE thread_id > ? ORDER BY thread_id LIMIT ?",
+                ("" if after is None else after, limit),
+            ).fetchall()
+
+        return [row[0] for row in await self._db.read(op)]
+
+    async def run_spans(self, thread_id: str, from_seq: int = 1) -> list[RunSpan]:
+        def op(conn: sqlite3.Connection) -> list[Any]:
+            # The runs_thread index finds the thread's runs; the filter keeps
+            # only those that can still have retained events.
+            return conn.execute(
+                "SELECT run_id, parent_run_id, status, first_seq, last_seq FROM runs "
+                "WHERE thread_id = ? AND (status IN ('queued', 'running') OR last_seq >= ?) "
+                "ORDER BY queue_pos",
+                (thread_id, from_seq),
+            ).fetchall()
+
+        return [
+            RunSpan(run_id, parent, RunStatus(status), first, last)
+            for run_id, parent, status, first, last in await self._db.read(op)
+        ]
 
     def project(self, conn: sqlite3.Connection, events: Sequence[StoredEvent]) -> None:
         """Apply a committed batch to its runs, inside the append's transaction.

@@ -202,7 +202,7 @@ def token(
     data_dir: DataDirOption = None,
     ttl: Annotated[
         float | None,
-        typer.Option(help="Lifetime in seconds. \\[default: AGENTCAST_DEV_TOKEN_TTL_S, 30 days]"),
+        typer.Option(help="Lifetime in seconds. \\[default: AGENTCAST_DEV_TOKEN_TTL_S, 7 days]"),
     ] = None,
 ) -> None:
     """Print a token for USER, signed like `serve` on the same data directory.
@@ -327,9 +327,11 @@ def replay(
             line = event_line(event, level, deltas=True)
             if line is not None:
                 console.print(Text(f"{event.seq:>5} ", style="dim") + line)
-        if len(events) < _PAGE:
+        # Pages are bounded in bytes too: a short page is not the end, a null cursor is.
+        next_after = page.get("next_after_seq")
+        if next_after is None or not events:
             return
-        cursor = int(events[-1]["seq"])
+        cursor = int(next_after)
 
 
 # --- run -----------------------------------------------------------------------------

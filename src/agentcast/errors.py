@@ -277,6 +277,10 @@ class AgentcastError(Exception):
     code: str = ErrorCode.INTERNAL
     #: A more precise HTTP status than the code's row, for one class of cause.
     http_status: ClassVar[int | None] = None
+    #: Whether ``message`` may be shown to a client. False for errors whose text
+    #: comes from lower layers (file paths, DSNs, driver messages): clients then
+    #: get the row's meaning and the server log gets the text.
+    client_safe: bool = True
 
     def __init__(self, message: str = "") -> None:
         spec = spec_of(self.code)
@@ -352,9 +356,19 @@ class RateLimited(AgentcastError):
 
 
 class Unavailable(AgentcastError):
-    """The server is shutting down, or the bridge is FAILED."""
+    """The server is shutting down, or the bridge is FAILED.
+
+    Its text usually comes from the log or database layer (paths, DSNs,
+    driver errors), so it is not shown to clients unless raised with
+    ``client_safe=True`` by code that wrote the text for them.
+    """
 
     code = ErrorCode.UNAVAILABLE
+    client_safe = False
+
+    def __init__(self, message: str = "", *, client_safe: bool = False) -> None:
+        super().__init__(message)
+        self.client_safe = client_safe
 
 
 class LogUnavailable(Unavailable):

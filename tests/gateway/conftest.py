@@ -51,6 +51,9 @@ def make_app(tmp_path: Path, **overrides: Any) -> Starlette:
     """An app with a fast engine (memory log unless ``log_backend`` says otherwise); not started."""
     engine_overrides = overrides.pop("engine_settings", {})
     overrides.setdefault("log_backend", "memory")
+    # Tests poll over HTTP every few milliseconds; the rate limit has tests of its own.
+    overrides.setdefault("http_rate_per_s", 1e6)
+    overrides.setdefault("http_rate_burst", 1_000_000)
     settings = GatewaySettings(data_dir=tmp_path, jwt_secret=SECRET, **overrides)
     engine_settings = EngineSettings(
         data_dir=tmp_path,

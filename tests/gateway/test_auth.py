@@ -163,7 +163,8 @@ async def test_expiry_is_the_principal_deadline(settings: GatewaySettings) -> No
     exp = future(100)
     principal = await auth.verify_token(hs256({"sub": "alice", "exp": exp}))
     assert principal == Principal("alice", float(exp), "header")
-    assert (await auth.verify_token(hs256({"sub": "alice"}))).expires_at is None
+    with pytest.raises(AuthError, match="'exp'"):
+        await auth.verify_token(hs256({"sub": "alice"}))
 
 
 async def test_non_string_sub_is_refused(settings: GatewaySettings) -> None:
@@ -247,7 +248,7 @@ async def test_rs256_checks_iss_and_aud(
 ) -> None:
     key, pem = rsa_key
     auth = Authenticator(rs_settings(tmp_path, pem))
-    token = jwt.encode(claims, key, algorithm="RS256")
+    token = jwt.encode({"exp": future(), **claims}, key, algorithm="RS256")
     if ok:
         assert (await auth.verify_token(token)).user_id == "erin"
     else:
@@ -262,7 +263,7 @@ async def test_rs256_refuses_other_keys_and_hs256(
     _, pem = rsa_key
     other, _ = rsa_pair()
     auth = Authenticator(rs_settings(tmp_path, pem))
-    claims = {"sub": "erin", "iss": ISSUER, "aud": AUDIENCE}
+    claims = {"sub": "erin", "iss": ISSUER, "aud": AUDIENCE, "exp": future()}
     with pytest.raises(AuthError, match="signature"):
         await auth.verify_token(jwt.encode(claims, other, algorithm="RS256"))
     # HS256 is not in jwt_algorithms here, and a public key is never an HMAC secret.
@@ -280,7 +281,8 @@ async def test_es256_and_key_from_a_file(tmp_path: Path) -> None:
     path = tmp_path / "key.pem"
     path.write_bytes(pem)
     auth = Authenticator(rs_settings(tmp_path, str(path)))
-    token = jwt.encode({"sub": "fay", "iss": ISSUER, "aud": AUDIENCE}, key, algorithm="ES256")
+    claims = {"sub": "fay", "iss": ISSUER, "aud": AUDIENCE, "exp": future()}
+    token = jwt.encode(claims, key, algorithm="ES256")
     assert (await auth.verify_token(token)).user_id == "fay"
 
 
@@ -330,7 +332,7 @@ async def test_jwks(tmp_path: Path, rsa_key: tuple[rsa.RSAPrivateKey, str], jwks
         jwt_audience=AUDIENCE,
     )
     auth = Authenticator(settings)
-    claims = {"sub": "gus", "iss": ISSUER, "aud": AUDIENCE}
+    claims = {"sub": "gus", "iss": ISSUER, "aud": AUDIENCE, "exp": future()}
     good = jwt.encode(claims, rsa_key[0], algorithm="RS256", headers={"kid": "k1"})
     assert (await auth.verify_token(good)).user_id == "gus"
     unknown_kid = jwt.encode(claims, rsa_key[0], algorithm="RS256", headers={"kid": "k9"})
@@ -414,7 +416,7 @@ def test_expired_tickets_are_purged_and_the_store_is_bounded(settings: GatewaySe
         auth.issue_ticket(Principal("k", None, "header"))
     clock.now += 31
     auth.issue_ticket(Principal("k", None, "header"))
-    assert len(auth._tickets) == 1
+    assert len(auth.tickets) == 1
 
 
 def test_ticket_carries_the_token_deadline(settings: GatewaySettings) -> None:

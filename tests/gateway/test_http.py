@@ -206,24 +206,28 @@ async def test_events_pagination_is_exact(alice: httpx.AsyncClient, gateway: Gat
     tid = accepted["thread_id"]
     await wait_terminal(alice, tid)
     pages = []
+    cursors = []
     after = 0
     while True:
         r = await alice.get(f"/v1/threads/{tid}/events", params={"after_seq": after, "limit": 3})
         assert r.status_code == 200
         body = r.json()
-        assert set(body) == {"thread_id", "epoch", "events"}
+        assert set(body) == {"thread_id", "epoch", "events", "next_after_seq"}
         assert (body["thread_id"], body["epoch"]) == (tid, accepted["epoch"])
+        cursors.append(body["next_after_seq"])
         if not body["events"]:
             break
         pages.append([e["seq"] for e in body["events"]])
         after = body["events"][-1]["seq"]
     assert pages == [[1, 2, 3], [4, 5, 6], [7]]
+    # The cursor is the last seq while more events follow, null once the head is reached.
+    assert cursors == [3, 6, None, None]
     # The stored envelope bytes are spliced in as they are.
     r = await alice.get(f"/v1/threads/{tid}/events", params={"after_seq": 2, "limit": 2})
     stored = await gateway.engine.bridge.read(tid, 2, 2)
     assert r.content == (
         b'{"thread_id":"' + tid.encode() + b'","epoch":"' + accepted["epoch"].encode()
-        + b'","events":[' + b",".join(ev.raw for ev in stored) + b"]}"
+        + b'","events":[' + b",".join(ev.raw for ev in stored) + b'],"next_after_seq":4}'
     )  # fmt: skip
     assert r.headers["content-type"] == "application/json"
 

@@ -52,7 +52,14 @@ def threaded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Thread
         # No keepalive pings, on either end: a ping's payload comes from the
         # global ``random``, which Hypothesis reports as its own non-determinism
         # once a slow run outlasts the ping interval (20 s).
-        start_server(path, ws_rate_per_s=1e6, ws_rate_burst=1_000_000, ws_ping_interval_s=3600.0),
+        # Hypothesis starts far more runs, each in a new thread, than one connection may follow.
+        start_server(
+            path,
+            ws_rate_per_s=1e6,
+            ws_rate_burst=1_000_000,
+            ws_ping_interval_s=3600.0,
+            max_subscriptions_per_connection=100_000,
+        ),
         loop,
     ).result(seconds(30))
     headers = {"Authorization": f"Bearer {live.token()}"}

@@ -132,6 +132,9 @@ async def start_server(
         "jwt_secret": SECRET,
         "default_agent": "echo",
         "shutdown_grace_s": 0.5,
+        # Tests poll over HTTP every few milliseconds; the rate limit has tests of its own.
+        "http_rate_per_s": 1e6,
+        "http_rate_burst": 1_000_000,
     }
     engine_overrides = overrides.pop("engine_settings", {})
     values.update(overrides)

@@ -495,6 +495,19 @@ describe("backoff", () => {
     assert.equal(seen.states.filter((s) => s === "reconnecting").length, 8);
   });
 
+  test("close 4029 (too many connections) before connection_established backs off", async () => {
+    const { socket, timers } = await connected({ random: () => 0 });
+    socket.drop();
+    const delays = [];
+    for (let i = 0; i < 4; i += 1) {
+      delays.push(timers.runNext());
+      await flush();
+      FakeSocket.last.drop(4029, "too many connections"); // accepted, then closed
+    }
+    assert.deepEqual(delays, [100, 200, 400, 800]); // never a tight loop
+    assert.deepEqual(timers.pendingDelays(), [1600]);
+  });
+
   test("close 1001 and 4008 reconnect", async () => {
     for (const code of [1001, 4008]) {
       FakeSocket.reset();

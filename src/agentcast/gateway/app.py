@@ -186,6 +186,8 @@ def create_app(
             "agentcast.agents.builtin:registry to --agents"
         )
     gateway = Gateway(engine=engine, settings=settings, auth=Authenticator(settings))
+    # The authenticator's refusals (tickets, token lifetime) are counted like every bound's.
+    gateway.auth.on_refused = gateway.metrics.refused
 
     routes: list[BaseRoute] = [*health_routes(gateway), *http_routes(gateway), sse_route(gateway)]
     ws = _websocket_route(gateway)

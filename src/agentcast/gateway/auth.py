@@ -19,6 +19,12 @@ the same identity provider usually signs tokens for other audiences too. The
 algorithm is taken from ``jwt_algorithms`` only — the header's ``alg`` never
 chooses more than one of those — so ``alg: none`` and algorithm confusion
 (an HMAC checked with a public key) are refused.
+
+Bounds (docs/architecture.md invariant 6): every token must carry ``exp``, and
+one whose lifetime (``exp - iat``, or ``exp - now`` without ``iat``) exceeds
+``max_token_lifetime_s`` is refused, so a leaked token is not good forever.
+Tickets are bounded per user and in all, never evicting anyone's
+(:mod:`.tickets`).
 """
 
 from __future__ import annotations
@@ -29,7 +35,6 @@ import math
 import os
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,9 +45,12 @@ from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocket
 
 from ..errors import AuthError
+from .rate_limit import UserRateLimiter
 from .settings import GatewaySettings
+from .tickets import MAX_TICKETS, TicketStore
 
 __all__ = [
+    "MAX_TICKETS",
     "SUBPROTOCOL",
     "AuthError",
     "Authenticator",
@@ -56,8 +64,6 @@ SUBPROTOCOL: Final = "agentcast.v1"
 _BEARER_PROTOCOL: Final = "bearer."
 _DEV_SECRET_FILE: Final = "dev-secret"
 _DEV_TOKEN_FILE: Final = "dev-token"
-#: Outstanding tickets kept at most; the oldest go first when it is reached.
-_MAX_TICKETS: Final = 10_000
 _MAX_TOKEN_CHARS: Final = 8192
 _ASYMMETRIC_PREFIXES: Final = ("RS", "ES", "PS", "Ed")
 
@@ -75,12 +81,6 @@ class Principal:
     via: Literal["header", "subprotocol", "ticket"]
 
 
-@dataclass(frozen=True, slots=True)
-class _Ticket:
-    principal: Principal
-    expires_at: float  # on the authenticator's clock
-
-
 class Authenticator:
     """Checks JWTs and WebSocket tickets; mints development tokens.
 
@@ -88,7 +88,10 @@ class Authenticator:
         settings: The gateway settings (keys, algorithms, issuer, audience, TTLs).
         secret: The HS256 secret; defaults to ``settings.jwt_secret``, else the
             development secret in ``settings.data_dir``.
-        clock: Monotonic clock for ticket expiry (tests pass a fake one).
+        clock: Monotonic clock for ticket expiry and the HTTP rate limit (tests
+            pass a fake one).
+        on_refused: Called with the setting's name whenever a bound refuses
+            (a ticket, a token's lifetime); the gateway counts it as a metric.
 
     Raises:
         ValueError: an asymmetric key is configured without issuer and
@@ -101,6 +104,7 @@ class Authenticator:
         *,
         secret: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_refused: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings
         if secret is None:
@@ -108,7 +112,6 @@ class Authenticator:
         if secret is None:
             secret = load_or_create_dev_secret(settings.data_dir)
         self._secret = secret
-        self._clock = clock
         self._algorithms = frozenset(settings.jwt_algorithms)
         if "none" in {a.lower() for a in self._algorithms}:
             raise ValueError("jwt_algorithms must not contain 'none'")
@@ -121,7 +124,14 @@ class Authenticator:
                 "jwt_public_key / jwks_url need jwt_issuer and jwt_audience "
                 "(AGENTCAST_JWT_ISSUER, AGENTCAST_JWT_AUDIENCE)"
             )
-        self._tickets: OrderedDict[str, _Ticket] = OrderedDict()
+        self.on_refused: Callable[[str], None] = on_refused or _ignore
+        self.tickets: TicketStore[Principal] = TicketStore(
+            settings.ticket_ttl_s, settings.max_tickets_per_user, clock, self._refused
+        )
+        #: The per-user HTTP request rate (charged by ``problems.api_endpoint``).
+        self.rate_limiter = UserRateLimiter(
+            settings.http_rate_per_s, settings.http_rate_burst, clock=clock
+        )
 
     # Public methods
 
@@ -168,7 +178,7 @@ class Authenticator:
     async def verify_token(
         self, token: str, via: Literal["header", "subprotocol", "ticket"] = "header"
     ) -> Principal:
-        """Check a JWT's signature, algorithm, expiry, ``sub`` (and ``iss``/``aud``).
+        """Check a JWT's signature, algorithm, expiry and lifetime, ``sub`` (and ``iss``/``aud``).
 
         Raises:
             AuthError: the token is refused (401), with the reason.
@@ -186,7 +196,8 @@ class Authenticator:
             raise AuthError(f"algorithm {alg} is not allowed")
         key = await self._key_for(alg, token)
         s = self.settings
-        required = ["sub"] + (["iss"] if s.jwt_issuer else []) + (["aud"] if s.jwt_audience else [])
+        required = ["sub", "exp"]
+        required += (["iss"] if s.jwt_issuer else []) + (["aud"] if s.jwt_audience else [])
         options: dict[str, Any] = {"require": required, "verify_aud": bool(s.jwt_audience)}
         try:
             claims = jwt.decode(
@@ -203,6 +214,8 @@ class Authenticator:
         except jwt.InvalidSignatureError:
             raise AuthError("invalid token signature") from None
         except jwt.MissingRequiredClaimError as exc:
+            if exc.claim == "exp":
+                raise AuthError("token has no 'exp' claim: an expiry is required") from None
             raise AuthError(f"token has no {exc.claim!r} claim") from None
         except jwt.InvalidAudienceError:
             raise AuthError("token audience is not accepted") from None
@@ -216,22 +229,24 @@ class Authenticator:
         if not isinstance(sub, str) or not sub.strip():
             raise AuthError("token 'sub' must be a non-empty string")
         exp = claims.get("exp")
-        return Principal(sub, float(exp) if isinstance(exp, int | float) else None, via)
+        if not isinstance(exp, int | float) or isinstance(exp, bool):
+            raise AuthError("malformed token")
+        self._check_lifetime(float(exp), claims.get("iat"))
+        return Principal(sub, float(exp), via)
 
     def issue_ticket(self, principal: Principal) -> tuple[str, float]:
         """A one-use WebSocket ticket for ``principal``: ``(ticket, expires_in)``.
 
-        Tickets live in memory (a ticket is redeemed on the gateway that issued
-        it, moments later), are bounded in number and purged when expired.
+        Raises:
+            LimitExceeded: the user already holds ``max_tickets_per_user``
+                unused tickets (429, ``limit`` names the setting).
+            Unavailable: the server holds :data:`MAX_TICKETS` tickets (503).
         """
-        now = self._clock()
-        self._purge(now)
-        while len(self._tickets) >= _MAX_TICKETS:
-            self._tickets.popitem(last=False)
-        ticket = secrets.token_urlsafe(32)
-        ttl = self.settings.ticket_ttl_s
-        self._tickets[ticket] = _Ticket(principal, now + ttl)
-        return ticket, ttl
+        return self.tickets.issue(principal.user_id, principal), self.tickets.ttl_s
+
+    def tickets_held(self, user_id: str) -> int:
+        """How many unused, unexpired tickets ``user_id`` holds."""
+        return self.tickets.held(user_id)
 
     def redeem_ticket(self, ticket: str) -> Principal:
         """Consume a ticket and return its principal (``via="ticket"``).
@@ -239,12 +254,9 @@ class Authenticator:
         Raises:
             AuthError: unknown, already used or expired ticket (401).
         """
-        entry = self._tickets.pop(ticket, None)
-        now = self._clock()
-        if entry is None or entry.expires_at <= now:
-            self._purge(now)
+        p = self.tickets.redeem(ticket)
+        if p is None:
             raise AuthError("unknown, used or expired ticket")
-        p = entry.principal
         if p.expires_at is not None and p.expires_at <= time.time():
             raise AuthError("token expired")
         return Principal(p.user_id, p.expires_at, "ticket")
@@ -254,13 +266,29 @@ class Authenticator:
 
         Carries ``iss``/``aud`` when they are configured, so it passes the same
         checks as any other token. ``ttl_s`` defaults to ``dev_token_ttl_s``.
+
+        Raises:
+            ValueError: an empty ``user_id``, or a ``ttl_s`` that is not
+                positive or exceeds ``max_token_lifetime_s`` (such a token
+                would be refused by every server with these settings).
         """
         if not user_id:
             raise ValueError("user_id must be non-empty")
-        now = time.time()
         ttl = self.settings.dev_token_ttl_s if ttl_s is None else ttl_s
-        # Rounded up: a token never lives shorter than asked.
-        claims: dict[str, Any] = {"sub": user_id, "iat": int(now), "exp": math.ceil(now + ttl)}
+        most = self.settings.max_token_lifetime_s
+        if not ttl > 0:
+            raise ValueError("the token lifetime must be > 0 seconds")
+        if ttl > most:
+            raise ValueError(
+                f"a token lifetime of {ttl:g} s exceeds max_token_lifetime_s ({most:g} s, "
+                "AGENTCAST_MAX_TOKEN_LIFETIME_S): the server would refuse it"
+            )
+        now = time.time()
+        iat = int(now)
+        # Rounded up, so a token never lives shorter than asked, but never past
+        # the bound: exp - iat is what the server checks.
+        exp = min(math.ceil(now + ttl), iat + math.floor(most))
+        claims: dict[str, Any] = {"sub": user_id, "iat": iat, "exp": exp}
         if self.settings.jwt_issuer:
             claims["iss"] = self.settings.jwt_issuer
         if self.settings.jwt_audience:
@@ -286,10 +314,25 @@ class Authenticator:
                 return self._public_key
         raise AuthError(f"algorithm {alg} is not allowed")
 
-    def _purge(self, now: float) -> None:
-        expired = [t for t, entry in self._tickets.items() if entry.expires_at <= now]
-        for t in expired:
-            del self._tickets[t]
+    def _check_lifetime(self, exp: float, iat: Any) -> None:
+        """Refuse a token that lives longer than ``max_token_lifetime_s`` (plus the leeway)."""
+        most = self.settings.max_token_lifetime_s
+        start = float(iat) if isinstance(iat, int | float) and not isinstance(iat, bool) else None
+        lifetime = exp - (start if start is not None else time.time())
+        if lifetime > most + self.settings.jwt_leeway_s:
+            self.on_refused("max_token_lifetime_s")
+            raise AuthError(
+                f"token lifetime exceeds the server's maximum of {most:g} s "
+                "(max_token_lifetime_s): ask for a shorter-lived token"
+            )
+
+    def _refused(self, limit: str) -> None:
+        """The ticket store's refusals, through :attr:`on_refused` as it is when they happen."""
+        self.on_refused(limit)
+
+
+def _ignore(limit: str) -> None:
+    """The default ``on_refused``: an authenticator used without a gateway counts nothing."""
 
 
 def _bearer(conn: HTTPConnection) -> str | None:

@@ -1,7 +1,8 @@
 """The gateway object: what every endpoint of one app shares.
 
 One :class:`Gateway` per app instance holds the engine, the settings, the
-authenticator and the open connections. Endpoints are bound to it when the
+authenticator, the open connections and their count per user
+(``max_connections_per_user``, :mod:`.user_connections`). Endpoints are bound to it when the
 app is built (never looked up in module globals), so two apps — or a test and
 a server — can live side by side in one process.
 
@@ -30,6 +31,7 @@ from ..engine import Engine
 from ..errors import CloseCode
 from .metrics import GatewayMetrics
 from .settings import GatewaySettings
+from .user_connections import UserConnections
 
 if TYPE_CHECKING:
     from .auth import Authenticator
@@ -76,9 +78,12 @@ class Gateway:
     on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     #: Request and connection metrics, exported from the engine's registry.
     metrics: GatewayMetrics = field(init=False)
+    #: Open WebSocket and SSE connections per user (``max_connections_per_user``).
+    user_connections: UserConnections = field(init=False)
 
     def __post_init__(self) -> None:
         self.metrics = GatewayMetrics(self.connections, self.engine.metrics.registry)
+        self.user_connections = UserConnections(self.settings.max_connections_per_user)
 
     async def startup(self) -> None:
         """Start the engine (idempotent; the lifespan hook calls this)."""

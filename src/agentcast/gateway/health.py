@@ -4,9 +4,12 @@
   It does not look at the bridge: restarting a process whose log is down
   would not bring the log back.
 * ``/readyz`` — readiness: 200 only while the bridge is ACTIVE and the
-  gateway is not shutting down, else 503; the body names the state and why
-  (docs/architecture.md invariant 8: health comes from real probes of the live path,
-  which the bridge runs; this endpoint reports them, it does not probe).
+  gateway is not shutting down, else 503; the body names the state and a
+  short fixed reason per state (docs/architecture.md invariant 8: health comes
+  from real probes of the live path, which the bridge runs; this endpoint
+  reports them, it does not probe). It needs no credentials, so it never
+  repeats the bridge's own reason or a probe's detail: those hold exception
+  text (file paths, DSNs, driver messages) and are logged by the bridge.
 * ``/metrics`` — the engine's Prometheus registry, which also holds the
   gateway's request and connection metrics.
 """
@@ -25,10 +28,21 @@ from ..lifecycle import BridgeState
 if TYPE_CHECKING:
     from .context import Gateway
 
-__all__ = ["METRICS_CONTENT_TYPE", "health_routes"]
+__all__ = ["METRICS_CONTENT_TYPE", "READY_REASONS", "health_routes"]
 
 #: Prometheus text exposition format 0.0.4.
 METRICS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+
+#: The only reasons ``/readyz`` gives, one per bridge state.
+READY_REASONS: Final[dict[BridgeState, str]] = {
+    BridgeState.UNINITIALIZED: "not started",
+    BridgeState.INITIALIZING: "starting",
+    BridgeState.ACTIVE: "ready",
+    BridgeState.DEGRADED: "event log degraded; retrying",
+    BridgeState.FAILED: "event log unavailable",
+    BridgeState.CLOSED: "closed",
+}
+_SHUTTING_DOWN: Final = "shutting down"
 
 
 def _json(content: Any, status_code: int = 200) -> Response:
@@ -44,9 +58,7 @@ def health_routes(gateway: Gateway) -> list[Route]:
     async def readyz(request: Request) -> Response:
         bridge = gateway.engine.bridge
         state = bridge.state
-        reason = bridge.reason
-        if gateway.closing:
-            reason = "shutting down"
+        reason = _SHUTTING_DOWN if gateway.closing else READY_REASONS.get(state, str(state))
         ready = state is BridgeState.ACTIVE and not gateway.closing
         report = bridge.last_report
         body: dict[str, Any] = {"state": str(state), "reason": reason}
@@ -54,7 +66,7 @@ def health_routes(gateway: Gateway) -> list[Route]:
             body["last_probe"] = {
                 "ok": report.ok,
                 "latency_ms": report.latency_ms,
-                "detail": report.detail,
+                "detail": "ok" if report.ok else "probe failed",
                 "checked_at": report.checked_at,
             }
         status = 200 if ready else 503

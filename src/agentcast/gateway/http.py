@@ -10,9 +10,9 @@ the caller's user id, and a ``NotFound`` is answered with one fixed detail
 per resource ("no such thread", "no such run"), so another user's thread
 answers byte for byte like a made-up id.
 
-The events endpoint splices the stored envelope bytes into the response: the
-log already holds each event encoded once, and decoding and re-encoding them
-per request would only cost time and risk changing them.
+The events endpoint (:mod:`.http_events`) splices the stored envelope bytes
+into the response: the log already holds each event encoded once, and decoding
+and re-encoding them per request would only cost time and risk changing them.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_EVENTS_LIMIT",
     "DEFAULT_THREADS_LIMIT",
+    "INT64_MAX",
     "MAX_EVENTS_LIMIT",
     "MAX_THREADS_LIMIT",
     "StartRunBody",
@@ -49,6 +50,9 @@ __all__ = [
 
 DEFAULT_THREADS_LIMIT: Final = 50
 MAX_THREADS_LIMIT: Final = 200
+#: The largest integer a query parameter may carry: seqs and counts are SQLite
+#: INTEGERs (64-bit signed), and a larger value must be a 400, never an overflow.
+INT64_MAX: Final = 2**63 - 1
 DEFAULT_EVENTS_LIMIT: Final = 100
 MAX_EVENTS_LIMIT: Final = 1000
 _NO_THREAD: Final = "no such thread"
@@ -70,22 +74,22 @@ class StartRunBody(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 # Helpers --------------------------------------------------------------------------------
 
 
-def query_int(request: Request, name: str, default: int, lo: int, hi: int | None = None) -> int:
-    """An integer query parameter within ``[lo, hi]``.
+def query_int(request: Request, name: str, default: int, lo: int, hi: int = INT64_MAX) -> int:
+    """An integer query parameter within ``[lo, hi]``; ``hi`` is at most :data:`INT64_MAX`.
 
     Raises:
-        BadRequest: not an integer, or out of range (400).
+        BadRequest: not an integer, or out of range (400 ``invalid_message``).
     """
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
+    hi = min(hi, INT64_MAX)
     try:
         value = int(raw)
-    except ValueError:
+    except ValueError:  # also a string of more digits than int() will parse
         raise BadRequest(f"{name} must be an integer") from None
-    if value < lo or (hi is not None and value > hi):
-        bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
-        raise BadRequest(f"{name} must be {bound}")
+    if value < lo or value > hi:
+        raise BadRequest(f"{name} must be between {lo} and {hi}")
     return value
 
 
@@ -161,8 +165,22 @@ def _json(content: Any, status_code: int = 200) -> Response:
 # Endpoints ------------------------------------------------------------------------------
 
 
+async def thread_events(gateway: Gateway, request: Request, principal: Principal) -> Response:
+    """``GET /v1/threads/{thread_id}/events``: see :func:`.http_events.thread_events`.
+
+    Imported when called: :mod:`.http_events` uses this module's helpers.
+    """
+    from .http_events import thread_events as page
+
+    return await page(gateway, request, principal)
+
+
 async def ws_ticket(gateway: Gateway, request: Request, principal: Principal) -> Response:
-    """``POST /v1/ws-ticket``: a one-use ticket for a browser WebSocket."""
+    """``POST /v1/ws-ticket``: a one-use ticket for a browser WebSocket.
+
+    429 ``limit_exceeded`` beyond ``max_tickets_per_user`` unused tickets
+    (counted by the authenticator's ``on_refused``).
+    """
     ticket, expires_in = gateway.auth.issue_ticket(principal)
     return _json({"ticket": ticket, "expires_in": expires_in})
 
@@ -255,34 +273,6 @@ async def get_thread(gateway: Gateway, request: Request, principal: Principal) -
             "messages": [_message_public(m) for m in messages],
         }
     )
-
-
-async def thread_events(gateway: Gateway, request: Request, principal: Principal) -> Response:
-    """``GET /v1/threads/{thread_id}/events?after_seq=&limit=``: stored envelopes, in seq order.
-
-    A client pages by passing the last seq it got as the next ``after_seq``
-    until ``events`` is empty. A first event whose seq is not ``after_seq + 1``
-    means the history before it was trimmed.
-    """
-    thread = await require_thread(gateway, principal, request.path_params["thread_id"])
-    after_seq = query_int(request, "after_seq", 0, 0)
-    limit = query_int(request, "limit", DEFAULT_EVENTS_LIMIT, 1, MAX_EVENTS_LIMIT)
-    bridge = gateway.engine.bridge
-    info = await bridge.info(thread.thread_id)
-    events = await bridge.read(thread.thread_id, after_seq, limit)
-    enc = msgspec.json.encode
-    body = b"".join(
-        (
-            b'{"thread_id":',
-            enc(thread.thread_id),
-            b',"epoch":',
-            enc(info.epoch),
-            b',"events":[',
-            b",".join(ev.raw for ev in events),
-            b"]}",
-        )
-    )
-    return Response(body, media_type="application/json")
 
 
 # Routes ---------------------------------------------------------------------------------

@@ -10,6 +10,12 @@ answers from, so HTTP cannot disagree with a WebSocket about a code.
 
 An ``internal`` problem never carries the exception's text: it is logged, and
 the client gets a fixed sentence (docs/architecture.md: errors reveal nothing).
+Neither does ``unavailable``: its causes come from the log and database layers,
+whose messages name files, DSNs and driver errors, so :func:`client_message`
+answers the row's fixed meaning unless the exception is marked ``client_safe``
+(written for clients by the gateway itself), and :func:`api_endpoint` logs the
+original with the route, method and user. The same function serves the
+WebSocket's error frames.
 
 :func:`api_endpoint` wraps every HTTP endpoint: authentication, the mapping
 from exceptions to problems and the request counter live in one place, so no
@@ -38,6 +44,7 @@ from ..errors import (
     spec_of,
 )
 from .auth import Principal
+from .rate_limit import RATE_LIMIT_NAME
 
 if TYPE_CHECKING:
     from .context import Gateway
@@ -49,10 +56,12 @@ __all__ = [
     "PayloadTooLarge",
     "api_endpoint",
     "auth_problem",
+    "client_message",
     "error_problem",
     "http_exception_problem",
     "internal_problem",
     "problem",
+    "rate_limited_problem",
 ]
 
 logger = logging.getLogger(__name__)
@@ -113,11 +122,29 @@ def problem(
     return Response(body, status_code=status, headers=headers, media_type=PROBLEM_CONTENT_TYPE)
 
 
+def client_message(exc: AgentcastError) -> str:
+    """The text a client may see for ``exc`` (problem ``detail``, error frame ``message``).
+
+    ``internal`` is always the row's fixed meaning; an :class:`Unavailable`
+    (``LogUnavailable`` included: raised from the log and database layers, its
+    text names files, DSNs and driver errors) gets its row's meaning too, unless
+    it was raised with ``client_safe=True``; every other error's message is
+    written for the client where it is raised.
+    """
+    spec = exc.error_spec
+    if spec is ERRORS[ErrorCode.INTERNAL]:
+        return _INTERNAL_DETAIL
+    if not exc.client_safe:
+        return spec.meaning
+    return exc.message
+
+
 def error_problem(exc: AgentcastError) -> Response:
     """The problem for an :class:`AgentcastError`, status and title from its row.
 
-    Internal ones reveal nothing; credentials get :func:`auth_problem`'s
-    ``WWW-Authenticate``; a retryable code gets ``Retry-After``.
+    Internal ones reveal nothing, nor do ``unavailable`` ones (:func:`client_message`);
+    credentials get :func:`auth_problem`'s ``WWW-Authenticate``; a retryable
+    code gets ``Retry-After: 1``; a bound names its setting in ``limit``.
     """
     if isinstance(exc, AuthError):
         return auth_problem(exc)
@@ -127,7 +154,7 @@ def error_problem(exc: AgentcastError) -> Response:
     status = exc.http_status or spec.http_status
     headers = {"Retry-After": "1"} if spec.retryable else None
     extra = {"limit": exc.limit} if isinstance(exc, LimitExceeded) and exc.limit else None
-    return problem(status, exc.code, exc.message, headers=headers, extra=extra)
+    return problem(status, exc.code, client_message(exc), headers=headers, extra=extra)
 
 
 def auth_problem(exc: AuthError) -> Response:
@@ -168,10 +195,21 @@ def http_exception_problem(exc: HTTPException) -> Response:
 Handler = Callable[[Request, Principal], Awaitable[Response]]
 
 
+def rate_limited_problem(retry_after_s: int) -> Response:
+    """429 ``rate_limited`` naming ``http_rate_per_s``, ``Retry-After`` in whole seconds."""
+    return problem(
+        ERRORS[ErrorCode.RATE_LIMITED].http_status,
+        ErrorCode.RATE_LIMITED,
+        f"too many requests: retry after {retry_after_s} s",
+        headers={"Retry-After": str(retry_after_s)},
+        extra={"limit": RATE_LIMIT_NAME},
+    )
+
+
 def api_endpoint(
     gateway: Gateway, route: str, handler: Handler
 ) -> Callable[[Request], Awaitable[Response]]:
-    """Wrap ``handler(request, principal)``: authenticate and map errors to problems.
+    """Wrap ``handler(request, principal)``: authenticate, rate-limit, map errors to problems.
 
     Requests are counted by :mod:`.request_metrics`, around the whole app.
 
@@ -182,17 +220,30 @@ def api_endpoint(
     """
 
     async def endpoint(request: Request) -> Response:
+        user: str | None = None
         try:
             principal = await gateway.auth.authenticate_request(request)
+            user = principal.user_id
+            wait = gateway.auth.rate_limiter.take(user)
+            if wait:
+                gateway.metrics.refused(RATE_LIMIT_NAME)
+                return rate_limited_problem(wait)
             response = await handler(request, principal)
         except AuthError as exc:
             response = auth_problem(exc)
         except AgentcastError as exc:
-            if exc.code is ErrorCode.INTERNAL:
-                logger.error("internal error on %s", route, exc_info=exc)
+            if exc.error_spec is ERRORS[ErrorCode.INTERNAL]:
+                logger.error(
+                    "internal error on %s %s (user %s)", request.method, route, user, exc_info=exc
+                )
+            elif client_message(exc) != exc.message:
+                # What the client is not told, the operator is.
+                logger.warning(
+                    "%s on %s %s (user %s): %s", exc.code, request.method, route, user, exc.message
+                )
             response = error_problem(exc)
         except Exception:
-            logger.exception("unhandled error on %s", route)
+            logger.exception("unhandled error on %s %s (user %s)", request.method, route, user)
             response = internal_problem()
         return response
 

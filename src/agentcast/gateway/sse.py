@@ -8,7 +8,8 @@ for ``sse_keepalive_s``.
 
 Resuming: ``Last-Event-ID`` (what ``EventSource`` sends when it reconnects)
 wins over ``?after_seq=``; ``?epoch=`` says which history the position refers
-to. The position is resolved by the log (``bridge.follow`` → ``follower.start``,
+to; a position that is not an integer in ``[0, 2**63 - 1]`` is answered 400
+``invalid_message``. The position is resolved by the log (``bridge.follow`` → ``follower.start``,
 docs/event-log.md "Positions and resume"): when it cannot be honoured ``recovered`` is
 false and delivery restarts from the first retained event — never a silent
 gap (docs/architecture.md invariant 2). Should events be trimmed while this stream lags
@@ -18,7 +19,10 @@ The stream is a plain ASGI response that reads the follower and, at the same
 time, listens for ``http.disconnect``: a client that goes away ends the
 follower at once, not at the next write. It is registered in
 ``gateway.connections`` so shutdown drains it and then ends it; it also ends
-when the token it was opened with expires. Backpressure is TCP's: the
+when the token it was opened with expires. It holds one of its user's
+``max_connections_per_user`` slots (shared with WebSockets) from before the
+stream starts until it ends; a request over the cap is answered 429
+``limit_exceeded`` with ``limit: "max_connections_per_user"``. Backpressure is TCP's: the
 follower reads the log only as fast as the client takes the bytes, so a slow
 client holds a cursor, not a queue.
 """
@@ -37,12 +41,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from ..errors import Unavailable
+from ..errors import LimitExceeded, Unavailable
 from ..log.base import Follower, FollowStart, StoredEvent
 from .auth import Principal
 from .http import query_int, require_thread
 from .problems import BadRequest, api_endpoint
 from .refollow import FOLLOWER_ENDINGS, follows_again, replace_follower
+from .user_connections import ConnectionSlot
 
 if TYPE_CHECKING:
     from .context import Gateway
@@ -53,6 +58,10 @@ logger = logging.getLogger(__name__)
 
 SSE_PATH: Final = "/v1/threads/{thread_id}/stream"
 _KEEPALIVE: Final = b": keepalive\n\n"
+#: The largest seq a position may name: a 64-bit signed integer, what the log stores.
+_MAX_SEQ: Final = 2**63 - 1
+#: The setting that bounds open connections per user (the ``limit`` of its refusals).
+_CONNECTIONS_LIMIT: Final = "max_connections_per_user"
 _HEADERS: Final = [
     (b"content-type", b"text/event-stream"),
     (b"cache-control", b"no-cache"),
@@ -86,14 +95,22 @@ class SSEConnection:
         principal: Who opened it (its ``expires_at`` ends the stream).
         thread_id: The thread followed (already checked to be the caller's).
         follower: The follower, already started at the resolved position.
+        slot: The user's connection slot it holds, given back when the stream ends.
     """
 
     transport: Final = "sse"
 
     def __init__(
-        self, gateway: Gateway, principal: Principal, thread_id: str, follower: Follower
+        self,
+        gateway: Gateway,
+        principal: Principal,
+        thread_id: str,
+        follower: Follower,
+        *,
+        slot: ConnectionSlot | None = None,
     ) -> None:
         self.gateway = gateway
+        self._slot = slot
         self.user_id = principal.user_id
         self.thread_id = thread_id
         self._principal = principal
@@ -137,6 +154,8 @@ class SSEConnection:
             await asyncio.wait({stream, listen}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self.gateway.connections.discard(self)
+            if self._slot is not None:
+                self._slot.release()
             self._ended.set()
             await self._follower.aclose()
             for task in (stream, listen):
@@ -226,6 +245,22 @@ async def _wait_disconnect(receive: Receive) -> None:
             return
 
 
+def _parse_last_event_id(value: str) -> int:
+    """The seq a reconnecting ``EventSource`` resumes after: an integer in ``[0, 2**63 - 1]``.
+
+    Raises:
+        BadRequest: anything else (400 ``invalid_message``, like a bad
+            ``?after_seq=``), so a position the log cannot hold never reaches it.
+    """
+    try:
+        after_seq = int(value)
+    except ValueError:  # also more digits than int() parses
+        raise BadRequest("Last-Event-ID must be an integer seq") from None
+    if not 0 <= after_seq <= _MAX_SEQ:
+        raise BadRequest(f"Last-Event-ID must be between 0 and {_MAX_SEQ}")
+    return after_seq
+
+
 class _StreamResponse(Response):
     """Hands the ASGI call to an :class:`SSEConnection` (the endpoint returns a Response)."""
 
@@ -246,16 +281,23 @@ def sse_route(gateway: Gateway) -> Route:
             raise Unavailable("the server is shutting down")
         last_event_id = request.headers.get("last-event-id")
         if last_event_id is not None and last_event_id.strip():
-            try:
-                after_seq = int(last_event_id)
-            except ValueError:
-                raise BadRequest("Last-Event-ID must be an integer seq") from None
-            if after_seq < 0:
-                raise BadRequest("Last-Event-ID must be >= 0")
+            after_seq = _parse_last_event_id(last_event_id)
         else:
             after_seq = query_int(request, "after_seq", 0, 0)
         epoch = request.query_params.get("epoch") or None
-        follower = await gateway.engine.bridge.follow(thread.thread_id, after_seq, epoch)
-        return _StreamResponse(SSEConnection(gateway, principal, thread.thread_id, follower))
+        slot = gateway.user_connections.acquire(principal.user_id)
+        if slot is None:
+            gateway.metrics.refused(_CONNECTIONS_LIMIT)
+            raise LimitExceeded(
+                f"too many connections: {_CONNECTIONS_LIMIT} is {gateway.user_connections.limit}",
+                limit=_CONNECTIONS_LIMIT,
+            )
+        try:
+            follower = await gateway.engine.bridge.follow(thread.thread_id, after_seq, epoch)
+        except BaseException:
+            slot.release()
+            raise
+        connection = SSEConnection(gateway, principal, thread.thread_id, follower, slot=slot)
+        return _StreamResponse(connection)
 
     return Route(SSE_PATH, api_endpoint(gateway, SSE_PATH, stream), methods=["GET"])

@@ -1,23 +1,27 @@
-"""A connection's send queue and its per-thread subscriptions.
+"""A connection's per-thread subscriptions, feeding its send queue.
 
 docs/architecture.md, "One direction of flow": nothing writes to a socket except a
 subscription reading the log. Each :class:`Subscription` follows one thread
 with a :class:`~agentcast.log.base.Follower` and puts what it reads into the
-connection's :class:`Outbox`; one writer task per connection drains the outbox
-onto the socket.
+connection's :class:`~agentcast.gateway.outbox.Outbox`; one writer task per
+connection drains the outbox onto the socket.
 
-Backpressure (invariant 6, "bounded everything"):
+Backpressure (invariant 6, "bounded everything"; the rules of the budget are
+in :mod:`agentcast.gateway.outbox`):
 
-* The outbox is bounded in **bytes** (``ws_send_queue_bytes``), counting a
-  frame until the socket accepted it.
+* The outbox is bounded in **bytes** (``ws_send_queue_bytes``): control frames,
+  live events and history together, counting a frame until the socket took it.
 * **Catch-up is paced from the log**: while a subscription is reading history
-  (its cursor is below the head that existed when it started) it reads the next
-  batch only when the outbox is below the bound. History stays in the log, not
-  in memory, and catch-up never counts as lag.
-* **Live lag is not tolerated**: live events (and control frames) that push the
-  live bytes of the outbox over the bound make the connection a slow consumer,
-  closed with 4008. The client resumes from the log; the agents and every other
-  connection never wait for it.
+  (its cursor is below the head that existed when it started) it waits for
+  room, reads about as many events as the room holds (an estimate from the
+  sizes seen so far) and queues each only if it fits; the few a read brought
+  beyond the room wait in the subscription for the next room. History stays in
+  the log, not in memory, and catch-up never counts as lag.
+* **Live lag is not tolerated**: a live event that does not fit while every
+  queued byte is live makes the connection a slow consumer, closed with 4008.
+  The client resumes from the log; the agents and every other connection never
+  wait for it. When the room is held by history instead, the subscription
+  goes on paced (its events wait in the log) until it has caught up again.
 
 A :class:`TerminalForward` is the one exception to "a subscription per
 followed thread": it brings a connection that cancelled a run in a thread it
@@ -30,7 +34,6 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Final
 
 from ..bridge import Bridge
@@ -38,157 +41,15 @@ from ..errors import CloseCode
 from ..events import TERMINAL_TYPES
 from ..log.base import Follower, StoredEvent
 from ..log.follower import StreamFollower
-from ..protocol import Subscribed, encode_frame, pack_events
+from ..protocol import Subscribed, encode_frame
+from .outbox import MAX_BATCH_FRAME_BYTES, Outbox, OutFrame
 from .refollow import FOLLOWER_ENDINGS, follows_again, replace_follower
 
 __all__ = ["MAX_BATCH_FRAME_BYTES", "OutFrame", "Outbox", "Subscription", "TerminalForward"]
 
 logger = logging.getLogger(__name__)
 
-#: A ``?batch=1`` array frame holds events up to about this many bytes (a
-#: single larger event still goes alone), so a frame stays well under the
-#: default message size limits of client libraries (1 MiB for websockets).
-MAX_BATCH_FRAME_BYTES: Final = 256 * 1024
-
-
-@dataclass(slots=True, eq=False)
-class _Entry:
-    """One queued frame payload: a control frame or one stored event."""
-
-    data: bytes
-    live: bool
-    owner: Subscription | None = None
-    event: StoredEvent | None = None
-
-
-@dataclass(slots=True, eq=False)
-class OutFrame:
-    """A frame ready to send, and what it accounts for until :meth:`Outbox.done`."""
-
-    data: bytes
-    entries: list[_Entry]
-    events: list[StoredEvent] = field(default_factory=list)
-
-
-class Outbox:
-    """The byte-bounded send queue of one connection (a FIFO of frames).
-
-    Args:
-        limit_bytes: The bound; see the module docstring for how it applies.
-        batch: Pack consecutive events into one JSON array frame (``?batch=1``).
-    """
-
-    def __init__(self, limit_bytes: int, *, batch: bool) -> None:
-        self.limit_bytes = limit_bytes
-        self.batch = batch
-        self._entries: deque[_Entry] = deque()
-        self.total_bytes = 0  # queued + in flight
-        self.live_bytes = 0  # the part of total_bytes that is live
-        self.peak_bytes = 0  # the most ever held: memory per connection stays bounded
-        self._ready = asyncio.Event()
-        self._room = asyncio.Event()
-        self._room.set()
-        self._progress = asyncio.Event()
-        self._inflight = 0
-
-    # Public methods
-
-    @property
-    def empty(self) -> bool:
-        """Nothing queued and nothing in flight."""
-        return not self._entries and self._inflight == 0
-
-    def put_control(self, data: bytes) -> bool:
-        """Queue a control frame; return ``False`` if the client is now a slow consumer."""
-        self._push(_Entry(data, live=True))
-        return self.live_bytes <= self.limit_bytes
-
-    def put_events(
-        self, owner: Subscription | None, events: list[StoredEvent], *, live: bool
-    ) -> bool:
-        """Queue a batch of events; return ``False`` if live bytes now exceed the bound.
-
-        ``owner`` is the subscription whose position the events advance once
-        sent (``None`` for an event that belongs to no subscription).
-        """
-        for ev in events:
-            self._push(_Entry(ev.raw, live, owner, ev))
-        return not live or self.live_bytes <= self.limit_bytes
-
-    async def wait_room(self) -> None:
-        """Wait until the outbox is below its bound (catch-up pacing)."""
-        await self._room.wait()
-
-    async def next_frame(self) -> OutFrame:
-        """Wait for something to send and take the next frame (the writer's side)."""
-        while not self._entries:
-            self._ready.clear()
-            await self._ready.wait()
-        first = self._entries.popleft()
-        taken = [first]
-        if first.event is not None and self.batch:
-            size = len(first.data)
-            while self._entries:
-                nxt = self._entries[0]
-                if nxt.event is None or size + len(nxt.data) + 1 > MAX_BATCH_FRAME_BYTES:
-                    break
-                taken.append(self._entries.popleft())
-                size += len(nxt.data) + 1
-            data = pack_events([e.data for e in taken])
-        else:
-            data = first.data
-        self._inflight += 1
-        events = [e.event for e in taken if e.event is not None]
-        return OutFrame(data, taken, events)
-
-    def done(self, frame: OutFrame) -> None:
-        """The socket accepted ``frame``: release its bytes, advance its subscriptions."""
-        self._inflight -= 1
-        for entry in frame.entries:
-            self._release(entry)
-            if entry.owner is not None and entry.event is not None:
-                entry.owner.sent_seq = entry.event.seq
-        self._progress.set()
-
-    def purge(self, owner: Subscription) -> None:
-        """Drop what ``owner`` queued and was not taken yet (unsubscribe, replace)."""
-        kept: deque[_Entry] = deque()
-        for entry in self._entries:
-            if entry.owner is owner:
-                self._release(entry)
-            else:
-                kept.append(entry)
-        self._entries = kept
-        self._progress.set()
-
-    async def wait_progress(self) -> None:
-        """Wait until a frame is sent or entries are dropped (clear, then check, then wait)."""
-        await self._progress.wait()
-
-    def clear_progress(self) -> None:
-        """Re-arm :meth:`wait_progress`; call before checking the condition waited for."""
-        self._progress.clear()
-
-    # Private methods
-
-    def _push(self, entry: _Entry) -> None:
-        size = len(entry.data)
-        self._entries.append(entry)
-        self.total_bytes += size
-        self.peak_bytes = max(self.peak_bytes, self.total_bytes)
-        if entry.live:
-            self.live_bytes += size
-        if self.total_bytes >= self.limit_bytes:
-            self._room.clear()
-        self._ready.set()
-
-    def _release(self, entry: _Entry) -> None:
-        size = len(entry.data)
-        self.total_bytes -= size
-        if entry.live:
-            self.live_bytes -= size
-        if self.total_bytes < self.limit_bytes:
-            self._room.set()
+_SLOW: Final = "slow consumer: resume from the log"
 
 
 class Subscription:
@@ -229,6 +90,11 @@ class Subscription:
         self._fail = fail
         self._stopping = False
         self._failed = False
+        #: Read from the log but not queued yet (no room): queued first, paced.
+        self._held: deque[StoredEvent] = deque()
+        #: Live events waited in the log for room held by history: read paced until caught up.
+        self._paced = False
+        self._avg_size = 0.0  # of the events read so far: sizes paced reads to the room
 
     # Public methods
 
@@ -240,11 +106,15 @@ class Subscription:
     async def run(self) -> None:
         """Move events from the log to the outbox until cancelled or the connection fails."""
         while True:
-            live = not self.catching_up
-            if not live:
-                await self._outbox.wait_room()
+            if self._held:
+                await self._flush_held()
+            paced = self._paced or self.catching_up
+            want = self._batch_size
+            if paced:
+                await self._outbox.wait_fits(int(self._avg_size))
+                want = self._read_size()
             try:
-                batch = await self.follower.next_batch(self._batch_size)
+                batch = await self.follower.next_batch(want)
             except FOLLOWER_ENDINGS as ending:
                 if follows_again(ending):
                     logger.info("subscription to %s lost history: %s", self.thread_id, ending)
@@ -257,23 +127,45 @@ class Subscription:
                 # to come back (it resumes from its position).
                 self._fail(CloseCode.GOING_AWAY, "event log closed")
                 return
-            if not self._outbox.put_events(self, batch, live=live):
-                self._fail(CloseCode.SLOW_CONSUMER, "slow consumer: resume from the log")
-                return
-            if live and isinstance(self.follower, StreamFollower):
+            if paced:
+                self._measure(batch)
+                self._held.extend(batch)
+                # A short read reached the log's head: what comes next is live.
+                self._paced = self._paced and len(batch) >= want
+                continue
+            if not self._put_live(batch):
+                if self._failed:
+                    return
+                continue  # room held by history: go on paced
+            if isinstance(self.follower, StreamFollower):
                 # Live: take each commit straight from the log's notification
                 # (no task wake-up per event); back to next_batch when the
-                # tail cannot answer or the follower closes.
+                # tail cannot answer, the follower closes or there is no room.
                 await self.follower.push(self._put_live, self._batch_size)
                 if self._failed:
                     return
 
     def _put_live(self, batch: list[StoredEvent]) -> bool:
-        """The push sink: queue live events; a slow consumer fails the connection."""
-        if self._outbox.put_events(self, batch, live=True):
+        """The push sink: queue live events; ``False`` once they no longer fit.
+
+        What does not fit waits in the subscription (paced from then on) when
+        the room is held by history; when every queued byte is live, the client
+        does not keep up with live events: a slow consumer.
+        """
+        self._measure(batch)
+        queued = self._outbox.offer(self, batch, live=True)
+        if queued == len(batch):
             return True
+        if self._outbox.paced_bytes > 0:
+            self._held.extend(batch[queued:])
+            if not self._paced:
+                logger.debug(
+                    "live events of %s wait in the log: history holds the queue", self.thread_id
+                )
+            self._paced = True
+            return False
         self._failed = True
-        self._fail(CloseCode.SLOW_CONSUMER, "slow consumer: resume from the log")
+        self._fail(CloseCode.SLOW_CONSUMER, _SLOW)
         return False
 
     async def stop(self) -> None:
@@ -286,9 +178,31 @@ class Subscription:
             # that) but does propagate our own cancellation.
             await asyncio.wait([task])
         await self.follower.aclose()
+        self._held.clear()
         self._outbox.purge(self)
 
     # Private methods
+
+    async def _flush_held(self) -> None:
+        """Queue what was read but did not fit, in order, each as soon as it fits."""
+        while self._held:
+            await self._outbox.wait_fits(len(self._held[0].raw))
+            queued = self._outbox.offer(self, list(self._held), live=False)
+            for _ in range(queued):
+                self._held.popleft()
+
+    def _read_size(self) -> int:
+        """Events to read now: about as many as the room holds (one when unknown)."""
+        if self._avg_size <= 0:
+            return 1
+        fit = int(self._outbox.event_room // self._avg_size)
+        return max(1, min(self._batch_size, fit))
+
+    def _measure(self, batch: list[StoredEvent]) -> None:
+        """Keep a running average of event sizes (the estimate paced reads are sized by)."""
+        for ev in batch:
+            size = len(ev.raw)
+            self._avg_size = size if self._avg_size <= 0 else 0.9 * self._avg_size + 0.1 * size
 
     async def _refollow(self) -> bool:
         """Follow again from (epoch, cursor) and say where delivery really restarts.
@@ -305,8 +219,10 @@ class Subscription:
             after_seq=start.after_seq,
             recovered=start.recovered,
         )
-        if not self._outbox.put_control(encode_frame(frame)):
-            self._fail(CloseCode.SLOW_CONSUMER, "slow consumer: resume from the log")
+        data = encode_frame(frame)
+        await self._outbox.wait_fits(len(data))  # part of this stream: paced like it
+        if not self._outbox.put_control(data):
+            self._fail(CloseCode.SLOW_CONSUMER, _SLOW)
             return False
         return True
 
@@ -378,7 +294,7 @@ class TerminalForward:
                 if not self._stopping:
                     self._fail(CloseCode.GOING_AWAY, "event log closed")
                 return
-            self._look_at(batch)
+            await self._look_at(batch)
         await self.follower.aclose()
 
     async def settle(self, upto: int) -> None:
@@ -395,7 +311,7 @@ class TerminalForward:
             within = [ev for ev in batch if ev.seq <= upto]
             if not within:
                 break  # trimmed, or nothing more: the subscription has the rest
-            self._look_at(within)
+            await self._look_at(within)
         self.done = True
 
     async def stop(self) -> None:
@@ -409,11 +325,24 @@ class TerminalForward:
 
     # Private methods
 
-    def _look_at(self, batch: list[StoredEvent]) -> None:
+    async def _look_at(self, batch: list[StoredEvent]) -> None:
+        """Queue the run's terminal event if ``batch`` holds it; note how far was looked.
+
+        The event is noted as looked at only once queued: should the forward
+        be stopped while it waits for room, :meth:`settle` finds it again.
+        """
         for ev in batch:
-            self._scanned = ev.seq
             if ev.run_id == self.run_id and ev.type in TERMINAL_TYPES:
+                await self._queue(ev)
+                self._scanned = ev.seq
                 self.done = True
-                if not self._outbox.put_events(None, [ev], live=True):
-                    self._fail(CloseCode.SLOW_CONSUMER, "slow consumer: resume from the log")
                 return
+            self._scanned = ev.seq
+
+    async def _queue(self, ev: StoredEvent) -> None:
+        """Queue ``ev`` like a live event: it waits for room held by history, never for lag."""
+        while not self._outbox.offer(None, [ev], live=True):
+            if self._outbox.paced_bytes == 0:
+                self._fail(CloseCode.SLOW_CONSUMER, _SLOW)
+                return
+            await self._outbox.wait_fits(len(ev.raw))

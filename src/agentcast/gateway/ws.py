@@ -19,6 +19,10 @@ One :class:`WsConnection` per socket, made of watched tasks:
   run's terminal event after ``cancel_accepted``;
 * an expiry timer that closes with 4401 when the token's ``exp`` passes.
 
+A user already holding ``max_connections_per_user`` connections (WebSocket and
+SSE together, :mod:`agentcast.gateway.user_connections`) is accepted and then
+closed with 4029; the slot a connection holds is given back however it ends.
+
 Invariants kept here: authentication before ``accept`` and a per-user check
 on every thread and run, answered ``not_found`` exactly like a made-up id (4);
 closing a socket never stops a run (5); bounded queues, frames and rates, and
@@ -37,6 +41,7 @@ supports the ASGI WebSocket denial response (uvicorn does), else closed before
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -62,6 +67,8 @@ logger = logging.getLogger(__name__)
 #: How long a close may wait for the socket to take the close frame (a client
 #: that stopped reading never does); after it the connection is dropped.
 CLOSE_TIMEOUT_S: Final = 10.0
+#: The setting that bounds open connections per user (the ``limit`` of its refusals).
+_CONNECTIONS_LIMIT: Final = "max_connections_per_user"
 
 
 class WebSocketHandler:
@@ -88,10 +95,30 @@ class WebSocketHandler:
         except AuthError as exc:
             await _refuse(websocket, exc)
             return
-        await websocket.accept(subprotocol=subprotocol)
-        batch = websocket.query_params.get("batch", "").lower() in ("1", "true", "yes")
-        conn = WsConnection(self.gateway, websocket, principal, batch=batch)
-        await conn.serve()
+        slot = self.gateway.user_connections.acquire(principal.user_id)
+        try:
+            await websocket.accept(subprotocol=subprotocol)
+            if slot is None:
+                await self._too_many(websocket)
+                return
+            batch = websocket.query_params.get("batch", "").lower() in ("1", "true", "yes")
+            conn = WsConnection(self.gateway, websocket, principal, batch=batch)
+            await conn.serve()
+        finally:
+            if slot is not None:
+                slot.release()
+
+    async def _too_many(self, websocket: WebSocket) -> None:
+        """Close a connection over ``max_connections_per_user`` with 4029 and why.
+
+        Accepted first, so that the client sees the close code (a refused
+        handshake is only a status), and reconnects later with its backoff.
+        """
+        self.gateway.metrics.refused(_CONNECTIONS_LIMIT)
+        limit = self.gateway.user_connections.limit
+        reason = f"too many connections: {_CONNECTIONS_LIMIT} is {limit}"
+        with contextlib.suppress(WebSocketDisconnect, WebSocketDisconnected):
+            await websocket.close(code=CloseCode.TOO_MANY_CONNECTIONS, reason=reason)
 
 
 async def _refuse(websocket: WebSocket, exc: AuthError) -> None:

@@ -15,8 +15,10 @@ ends:
   ``cancel_accepted`` before its terminal event);
 * the per-user check on every thread and run, done by the runner and the store
   and answered ``not_found`` exactly like a made-up id (invariant 4);
-* the connection's subscriptions (one per followed thread) and terminal
-  forwards (one per run it cancelled in a thread it does not follow);
+* the connection's subscriptions (one per followed thread, at most
+  ``max_subscriptions_per_connection``: one more is refused ``limit_exceeded``
+  and the others go on) and terminal forwards (one per run it cancelled in a
+  thread it does not follow);
 * every ``error`` frame's code is a row of ``ERRORS``, and an unexpected
   failure is logged, never described.
 """
@@ -69,6 +71,7 @@ from ..protocol import (
 from ..runner import CancelResult, RunTicket
 from ..store.base import RunStatus
 from .context import Gateway
+from .problems import client_message
 from .subscription import Outbox, Subscription, TerminalForward
 
 __all__ = ["WsCommands"]
@@ -83,6 +86,8 @@ _RATE_REPLY_EVERY: Final = 16
 _INTERNAL_MESSAGE: Final = "internal error"
 #: A cancel with one of these statuses takes effect: the run's terminal event is still to come.
 _CANCELLING: Final = frozenset({RunStatus.QUEUED, RunStatus.RUNNING})
+#: The setting that bounds the threads one connection follows.
+_SUBSCRIPTIONS_LIMIT: Final = "max_subscriptions_per_connection"
 
 
 class WsCommands:
@@ -154,6 +159,7 @@ class WsCommands:
         runner = self._engine.runner
         ref = command.id
         if isinstance(command, StartAgent):
+            self._check_room(command.thread_id)
             ticket = await runner.start_run(
                 self.user_id,
                 command.agent,
@@ -164,6 +170,7 @@ class WsCommands:
             )
             await self._accepted(ticket, ref)
         elif isinstance(command, UserMessage):
+            self._check_room(command.thread_id)
             agent = self.gateway.settings.default_agent
             if command.thread_id is not None:
                 thread = await self._engine.store.get_thread(self.user_id, command.thread_id)
@@ -174,6 +181,7 @@ class WsCommands:
             await self._accepted(ticket, ref)
         elif isinstance(command, Subscribe):
             await self._engine.store.check_thread(self.user_id, command.thread_id)
+            self._check_room(command.thread_id)
             sub = await self._follow(command.thread_id, command.after_seq, command.epoch)
             start = sub.follower.start
             self._reply(
@@ -203,6 +211,27 @@ class WsCommands:
             self._reply(Pong(ref=ref))
         else:  # pragma: no cover - the parser only returns the types above
             raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unhandled {command.TYPE}", ref)
+
+    def _check_room(self, thread_id: str | None) -> None:
+        """Refuse what would follow one more thread than ``max_subscriptions_per_connection``.
+
+        Following a thread already followed replaces its subscription and
+        takes no more room. A start in a thread not followed (or a new one)
+        would subscribe to it, so it is refused before any run starts rather
+        than accepted and left unfollowed.
+
+        Raises:
+            LimitExceeded: the connection already follows as many threads as allowed.
+        """
+        if thread_id is not None and thread_id in self._subs:
+            return
+        limit = self.gateway.settings.max_subscriptions_per_connection
+        if len(self._subs) >= limit:
+            self.gateway.metrics.refused(_SUBSCRIPTIONS_LIMIT)
+            raise LimitExceeded(
+                f"this connection already follows {limit} threads; unsubscribe from one first",
+                limit=_SUBSCRIPTIONS_LIMIT,
+            )
 
     async def _accepted(self, ticket: RunTicket, ref: Ref | None) -> None:
         """Reply ``run_accepted`` (before any event of the run), then subscribe.
@@ -305,14 +334,27 @@ class WsCommands:
         """Answer one request with an ``error`` frame whose code is a row of ``ERRORS``.
 
         A code outside the table, or ``internal``, is sent as ``internal`` with
-        a fixed message: an unexpected failure is logged, never described.
+        a fixed message: an unexpected failure is logged, never described. An
+        error whose text came from lower layers (``client_safe`` false: paths,
+        DSNs, driver messages) is sent with its row's meaning, and its text
+        goes to the server log with the connection's ids.
         """
         internal = ERRORS[ErrorCode.INTERNAL]
         if exc.error_spec is internal:
             frame = ErrorFrame(code=ErrorCode.INTERNAL.value, message=_INTERNAL_MESSAGE, ref=ref)
         else:
+            if not exc.client_safe:
+                logger.warning(
+                    "connection %s of %s: request %r answered %s: %s",
+                    self.connection_id,
+                    self.user_id,
+                    ref,
+                    exc.code,
+                    exc.message,
+                )
             limit = exc.limit if isinstance(exc, LimitExceeded) and exc.limit else msgspec.UNSET
-            frame = ErrorFrame(code=str(exc.code), message=exc.message, ref=ref, limit=limit)
+            message = client_message(exc)
+            frame = ErrorFrame(code=str(exc.code), message=message, ref=ref, limit=limit)
         self._reply(frame)
 
 

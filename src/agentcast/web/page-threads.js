@@ -101,9 +101,10 @@ export async function openThread(threadId) {
       if (view !== page.view) return;
       epoch = body.epoch ?? epoch;
       for (const event of body.events ?? []) timeline.add(event);
-      const last = body.events?.at(-1)?.seq;
-      if (!last || body.events.length < HISTORY_PAGE) break;
-      after = last;
+      // Pages are bounded in bytes too: a short page is not the end, a null cursor is.
+      const next = body.next_after_seq;
+      if (next === null || next === undefined || !body.events?.length) break;
+      after = next;
     }
     // Live from the last seq shown: nothing missed, nothing twice.
     const subscribed = client.subscribe(threadId, { afterSeq: timeline.lastSeq, epoch });

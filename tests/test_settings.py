@@ -121,7 +121,7 @@ def _no_agentcast_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_sections_partition_every_setting_once() -> None:
     names = [name for model in SECTIONS.values() for name in model.model_fields]
     assert len(names) == len(set(names)) == len(FIELDS)
-    assert set(SECTIONS) == {"engine", "log", "gateway", "auth", "agents"}
+    assert set(SECTIONS) == {"engine", "log", "gateway", "auth", "agents", "llm"}
 
 
 def test_views_are_the_model_with_its_defaults() -> None:

@@ -48,6 +48,8 @@ class EngineSettings:
     #: Largest encoded event; ``emit`` refuses a larger one (``EventTooLarge``).
     max_event_bytes: int = _d("max_event_bytes")
     max_value_bytes: int = _d("max_value_bytes")
+    history_max_turns: int = _d("history_max_turns")
+    history_max_tokens: int = _d("history_max_tokens")
     text_coalesce_ms: float = _d("text_coalesce_ms")
     tool_timeout_s: float = _d("tool_timeout_s")
     tool_concurrency: int = _d("tool_concurrency")

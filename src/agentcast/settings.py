@@ -3,7 +3,7 @@
 agentcast had three places that each declared some settings (the engine's
 dataclass, the agents' dataclass, the gateway's pydantic-settings class), so a
 default or a bound could differ between them and nothing checked the table in
-``docs/operations.md``. Now each setting is declared once, in one of five
+``docs/operations.md``. Now each setting is declared once, in one of six
 sections below; :class:`AgentcastSettings` groups them (nested in code:
 ``settings.engine.run_timeout_s``) while the environment stays flat
 (``AGENTCAST_RUN_TIMEOUT_S``), so no deployment has to rename a variable.
@@ -57,6 +57,7 @@ __all__ = [
     "EngineSection",
     "GatewaySection",
     "InvalidSetting",
+    "LlmSection",
     "LogSection",
     "Origin",
     "check_consistency",
@@ -222,6 +223,27 @@ class AgentsSection(BaseModel):
     tool_concurrency: Limit = 4
     #: Larger values are replaced by a truncation marker, which needs 64 bytes.
     max_value_bytes: Annotated[int, Ge(64)] = DEFAULT_MAX_VALUE_BYTES
+    #: A run's conversation history: at most this many earlier turns of its thread ...
+    history_max_turns: Limit = 20
+    #: ... and at most this many tokens (estimated as characters / 4), oldest dropped first.
+    history_max_tokens: Limit = 8000
+
+
+class LlmSection(BaseModel):
+    """Defaults of the LLM agent (``agentcast.llm.ChatAgent``); its arguments win."""
+
+    llm_model: str = "gpt-4o-mini"
+    #: An OpenAI-compatible base URL (vLLM, llama.cpp, Ollama …); unset: OpenAI's.
+    llm_base_url: str | None = None
+    llm_api_key: str | None = Field(default=None, repr=False, json_schema_extra=_SECRET)
+    #: A model stream that sends nothing for this long after the request ends the run.
+    llm_first_token_timeout_s: Seconds = 60.0
+    #: A model stream silent for this long between two chunks ends the run.
+    llm_chunk_timeout_s: Seconds = 30.0
+    #: Model calls per run at most (each tool round is one); then the run fails.
+    llm_max_steps: Limit = 8
+    #: Retries of a model call that has emitted nothing yet (429, 5xx, connection).
+    llm_max_retries: QueueBound = 2
 
 
 #: Section name -> its model, in the order ``agentcast settings`` prints them.
@@ -231,6 +253,7 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "gateway": GatewaySection,
     "auth": AuthSection,
     "agents": AgentsSection,
+    "llm": LlmSection,
 }
 
 
@@ -365,6 +388,7 @@ class AgentcastSettings(BaseSettings):
     gateway: GatewaySection = Field(default_factory=GatewaySection)
     auth: AuthSection = Field(default_factory=AuthSection)
     agents: AgentsSection = Field(default_factory=AgentsSection)
+    llm: LlmSection = Field(default_factory=LlmSection)
 
     @classmethod
     def settings_customise_sources(

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from .. import events
@@ -61,6 +61,7 @@ class RunContext:
             :meth:`delegate`.
         registry: Where :meth:`call_tool` finds tools by name.
         settings: The run's limits; defaults when omitted.
+        history: The thread's earlier turns (see :attr:`history`).
     """
 
     def __init__(
@@ -76,6 +77,7 @@ class RunContext:
         delegate: DelegateFn | None = None,
         registry: AgentRegistry | None = None,
         settings: AgentSettings | None = None,
+        history: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         self._run_id = run_id
         self._thread_id = thread_id
@@ -87,6 +89,7 @@ class RunContext:
         self._delegate_fn = delegate
         self._registry = registry
         self._settings = settings or AgentSettings()
+        self._history = tuple(history)
         self._lock = asyncio.Lock()
         self._pending: list[str] = []
         self._said: list[str] = []
@@ -125,6 +128,18 @@ class RunContext:
     def message(self) -> str:
         """The run's input message."""
         return self._message
+
+    @property
+    def history(self) -> tuple[Mapping[str, Any], ...]:
+        """The thread's earlier turns, oldest first, as chat-completion messages.
+
+        Read when the run started (a run that waited in the queue sees the
+        answers of the runs before it) and bounded by ``history_max_turns``
+        and ``history_max_tokens``; each item maps directly onto an OpenAI
+        Chat Completions message (``role``, ``content``, ``tool_calls``,
+        ``tool_call_id``). Empty for a sub-run and for a thread's first run.
+        """
+        return self._history
 
     @property
     def parent_run_id(self) -> str | None:

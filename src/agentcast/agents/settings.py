@@ -45,6 +45,10 @@ class AgentSettings:
     tool_timeout_s: float = default_of("tool_timeout_s")
     tool_concurrency: int = default_of("tool_concurrency")
     max_value_bytes: int = default_of("max_value_bytes")
+    #: A run's conversation history: earlier turns of its thread at most.
+    history_max_turns: int = default_of("history_max_turns")
+    #: ... and tokens at most (characters / 4), the oldest turns dropped first.
+    history_max_tokens: int = default_of("history_max_tokens")
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -24,6 +24,7 @@ from ..settings import (
     AuthSection,
     EngineSection,
     GatewaySection,
+    LlmSection,
     LogSection,
     check_consistency,
 )
@@ -32,7 +33,7 @@ __all__ = ["GatewaySettings"]
 
 
 class GatewaySettings(
-    BaseSettings, AgentsSection, EngineSection, LogSection, AuthSection, GatewaySection
+    BaseSettings, LlmSection, AgentsSection, EngineSection, LogSection, AuthSection, GatewaySection
 ):
     """What the network side of agentcast can be told (and, flat, everything else).
 

@@ -100,6 +100,39 @@ MIGRATIONS: Final[tuple[tuple[int, str], ...]] = (
         ) WITHOUT ROWID;
         """,
     ),
+    (
+        3,
+        """
+        -- A thread's conversation history (agentcast.agents.history): one row
+        -- per ended top-level run, written with its terminal event, holding
+        -- the turn as chat-completion messages (a JSON array, the user
+        -- message first) and its size in characters, so history is bounded
+        -- before the turns are read and never depends on event retention.
+        CREATE TABLE IF NOT EXISTS turns (
+            run_id    TEXT    PRIMARY KEY,
+            thread_id TEXT    NOT NULL,
+            queue_pos INTEGER NOT NULL,
+            chars     INTEGER NOT NULL,
+            messages  TEXT    NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX IF NOT EXISTS turns_thread ON turns(thread_id, queue_pos, chars);
+
+        -- Runs that ended before this migration: their user message and, if
+        -- completed, their answer (their tool calls are not recovered). Safe to
+        -- run again over a database whose version was set back.
+        INSERT OR IGNORE INTO turns (run_id, thread_id, queue_pos, chars, messages)
+        SELECT run_id, thread_id, queue_pos,
+               length(input) + CASE WHEN status = 'completed'
+                                    THEN length(COALESCE(output, '')) ELSE 0 END,
+               CASE WHEN status = 'completed'
+                    THEN json_array(json_object('role', 'user', 'content', input),
+                                    json_object('role', 'assistant',
+                                                'content', COALESCE(output, '')))
+                    ELSE json_array(json_object('role', 'user', 'content', input)) END
+        FROM runs
+        WHERE parent_run_id IS NULL AND status IN ('completed', 'failed', 'cancelled');
+        """,
+    ),
 )
 
 SCHEMA_VERSION: Final = MIGRATIONS[-1][0]

@@ -72,12 +72,8 @@ class Runner:
         self.registry = registry
         self.settings = settings or bridge.settings
         s = self.settings
-        self.agent_settings = AgentSettings(
-            text_coalesce_ms=s.text_coalesce_ms,
-            tool_timeout_s=s.tool_timeout_s,
-            tool_concurrency=s.tool_concurrency,
-            max_value_bytes=s.max_value_bytes,
-        )
+        # Every field of the agent settings, history bounds included.
+        self.agent_settings = AgentSettings.of(s)
         self._scheduler: Scheduler[RunState] = Scheduler(
             s.max_runs_per_user, s.max_queued_per_user, s.max_queued_per_thread,
             s.max_concurrent_runs,

@@ -285,6 +285,19 @@ class Store(Protocol):
         """
         ...
 
+    async def history(
+        self, thread_id: str, before_pos: int, max_turns: int, max_tokens: int
+    ) -> list[list[dict[str, Any]]]:
+        """The thread's turns before queue position ``before_pos``, oldest first.
+
+        A turn is one ended top-level run as chat-completion messages, stored
+        when its terminal event was projected (agentcast.agents.history); the
+        newest turns that fit ``max_turns`` and ``max_tokens``
+        (:func:`~agentcast.agents.history.turns_that_fit`). Internal, no user
+        check: the runner reads it for the run it starts.
+        """
+        ...
+
     async def run_spans(self, thread_id: str, from_seq: int = 1) -> list[RunSpan]:
         """The thread's runs that may have events at or after ``from_seq``, in queue order.
 

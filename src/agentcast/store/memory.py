@@ -10,14 +10,17 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 
+from ..agents.history import TURN_EVENT_TYPES, TurnBuilder, turn_chars, turns_that_fit
 from ..errors import NotFound
 from ..log.base import StoredEvent
 from ..types import new_thread_id
 from .base import (
     ACTIVE_STATUSES,
+    TERMINAL_STATUS,
     MessageRecord,
     NewRun,
     RunRecord,
@@ -42,6 +45,10 @@ class MemoryStore:
         self._last_seq: dict[str, int] = {}
         self._messages: dict[str, list[MessageRecord]] = {}
         self._idempotency: dict[tuple[str, str], str] = {}
+        #: Conversation history: by thread, ``(queue_pos, chars, messages)`` by run id;
+        #: and the turns of running top-level runs, built as their events come.
+        self._turns: dict[str, dict[str, tuple[int, int, list[dict[str, Any]]]]] = {}
+        self._building: dict[str, TurnBuilder] = {}
         self._positions = itertools.count(1)
         self._message_ids = itertools.count(1)
 
@@ -136,6 +143,18 @@ class MemoryStore:
         ids = sorted(t for t in self._threads if after is None or t > after)
         return ids[:limit]
 
+    async def history(
+        self, thread_id: str, before_pos: int, max_turns: int, max_tokens: int
+    ) -> list[list[dict[str, Any]]]:
+        earlier = sorted(
+            (turn for turn in self._turns.get(thread_id, {}).values() if turn[0] < before_pos),
+            key=lambda turn: turn[0],
+            reverse=True,
+        )[: max(max_turns, 0)]
+        fit = turns_that_fit([chars for _, chars, _ in earlier], max_turns, max_tokens)
+        # Copies, as the SQLite store's are: a run cannot change another's history.
+        return [msgspec.json.decode(msgspec.json.encode(m)) for _, _, m in reversed(earlier[:fit])]
+
     async def run_spans(self, thread_id: str, from_seq: int = 1) -> list[RunSpan]:
         runs = sorted(
             (self._current(r) for r in list(self._runs.values()) if r.thread_id == thread_id),
@@ -149,6 +168,7 @@ class MemoryStore:
 
     def project(self, events: Sequence[StoredEvent]) -> None:
         """Apply a committed batch to the runs it touches (the log's projector)."""
+        self._project_turns(events)
         for change in project_batch(events):
             record = self._runs.get(change.run_id)
             if record is None:
@@ -176,6 +196,33 @@ class MemoryStore:
                         change.ended_at or time.time(),
                     )  # fmt: skip
             self._runs[change.run_id] = _replace_run(record, updates)
+
+    def _project_turns(self, events: Sequence[StoredEvent]) -> None:
+        """Build top-level runs' turns as their events come; store each at its terminal event.
+
+        The SQLite store reads a run's events back from the log at its terminal
+        event instead; both fold them with the same :class:`TurnBuilder`.
+        """
+        for ev in events:
+            if ev.parent_run_id is not None:
+                continue
+            if ev.type in TURN_EVENT_TYPES:
+                record = self._runs.get(ev.run_id)
+                if record is None:
+                    continue
+                builder = self._building.get(ev.run_id)
+                if builder is None:
+                    builder = self._building[ev.run_id] = TurnBuilder(record.input)
+                builder.add(ev.seq, ev.type, ev.raw)
+            elif ev.type in TERMINAL_STATUS:
+                record = self._runs.get(ev.run_id)
+                if record is None:
+                    continue
+                builder = self._building.pop(ev.run_id, None) or TurnBuilder(record.input)
+                messages = builder.finish(ev.type, ev.raw)
+                self._turns.setdefault(ev.thread_id, {})[ev.run_id] = (
+                    record.queue_pos, turn_chars(messages), messages,
+                )  # fmt: skip
 
     def _run(self, run_id: str) -> RunRecord | None:
         """The run's record with its latest ``last_seq``; ``None`` if unknown."""

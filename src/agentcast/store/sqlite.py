@@ -8,12 +8,14 @@ together with its terminal event (docs/architecture.md invariant 3).
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Final
 
+from ..agents.history import TURN_EVENT_TYPES, TurnBuilder, turn_chars, turns_that_fit
 from ..db.sqlite import SqliteDatabase
 from ..errors import NotFound
 from ..log.base import StoredEvent
@@ -231,6 +233,28 @@ class SqliteStore:
 
         return [row[0] for row in await self._db.read(op)]
 
+    async def history(
+        self, thread_id: str, before_pos: int, max_turns: int, max_tokens: int
+    ) -> list[list[dict[str, Any]]]:
+        def op(conn: sqlite3.Connection) -> list[Any]:
+            # Sizes first, from the covering index; then only the turns that fit.
+            sizes = conn.execute(
+                "SELECT run_id, chars FROM turns WHERE thread_id = ? AND queue_pos < ? "
+                "ORDER BY queue_pos DESC LIMIT ?",
+                (thread_id, before_pos, max(max_turns, 0)),
+            ).fetchall()
+            fit = turns_that_fit([chars for _, chars in sizes], max_turns, max_tokens)
+            keep = [run_id for run_id, _ in sizes[:fit]]
+            if not keep:
+                return []
+            return conn.execute(
+                f"SELECT messages FROM turns WHERE run_id IN ({', '.join('?' * len(keep))}) "
+                "ORDER BY queue_pos",
+                keep,
+            ).fetchall()
+
+        return [json.loads(row[0]) for row in await self._db.read(op)]
+
     async def run_spans(self, thread_id: str, from_seq: int = 1) -> list[RunSpan]:
         def op(conn: sqlite3.Connection) -> list[Any]:
             # The runs_thread index finds the thread's runs; the filter keeps
@@ -279,6 +303,8 @@ class SqliteStore:
                     conn, change.thread_id, change.run_id, "assistant", change.output,
                     change.ended_at or time.time(),
                 )  # fmt: skip
+            if not change.is_sub_run:
+                _store_turn(conn, change.run_id, change.last_seq)
 
 
 def _insert_message(
@@ -287,4 +313,51 @@ def _insert_message(
     conn.execute(
         f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
         (f"msg_{run_id}_{role}", thread_id, run_id, role, content, at),
+    )
+
+
+def _store_turn(conn: sqlite3.Connection, run_id: str, terminal_seq: int) -> None:
+    """Store an ended top-level run's turn, in its terminal event's transaction.
+
+    Built here, once per run, from the run's events still in the log (retention
+    never trims an active run's events, and this batch's rows are already
+    inserted), rather than a row per tool event or text delta: the hot path of
+    a run pays nothing, and a run ended by recovery after a restart is stored
+    by the same code. Text is read only where it can matter: every delta of a
+    run that did not complete, and for a completed one only what came before
+    its last tool call (its answer is ``final_response``).
+    """
+    run = conn.execute(
+        "SELECT thread_id, input, queue_pos, first_seq FROM runs WHERE run_id = ?", (run_id,)
+    ).fetchone()
+    if run is None:
+        return
+    thread_id, user_message, queue_pos, first_seq = run
+    where = "thread_id = ? AND seq >= ? AND seq < ? AND run_id = ?"
+    bounds = (thread_id, first_seq or terminal_seq, terminal_seq, run_id)
+    terminal_type, terminal_raw = conn.execute(
+        "SELECT type, raw FROM events WHERE thread_id = ? AND seq = ?", (thread_id, terminal_seq)
+    ).fetchone()
+    tools = conn.execute(
+        f"SELECT seq, type, raw FROM events WHERE {where} "
+        "AND type IN ('tool_executing', 'tool_completed')",
+        bounds,
+    ).fetchall()
+    text_until = terminal_seq
+    if terminal_type == "agent_completed":
+        text_until = max((seq for seq, kind, _ in tools if kind == "tool_executing"), default=0)
+    texts = conn.execute(
+        f"SELECT seq, type, raw FROM events WHERE {where} AND type = 'text_delta' AND seq < ?",
+        (*bounds, text_until),
+    ).fetchall()
+    builder = TurnBuilder(user_message)
+    for seq, kind, raw in sorted(tools + texts):
+        if kind in TURN_EVENT_TYPES:
+            builder.add(seq, kind, raw)
+    messages = builder.finish(terminal_type, terminal_raw)
+    encoded = json.dumps(messages, ensure_ascii=False)
+    conn.execute(
+        "INSERT OR REPLACE INTO turns (run_id, thread_id, queue_pos, chars, messages) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (run_id, thread_id, queue_pos, turn_chars(messages), encoded),
     )

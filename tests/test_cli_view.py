@@ -91,3 +91,11 @@ def test_replay_lines_show_text_deltas_and_unknown_types() -> None:
 def test_summarize_cuts_long_values() -> None:
     assert summarize({"a": "x" * 500}, limit=20) == '{"a": "xxxxxxxxxxxx…'
     assert summarize("many   spaces\nand lines") == "many spaces and lines"
+
+
+def test_streamed_reasoning_is_a_replay_line_and_a_live_status() -> None:
+    event = ev(2, "thinking_delta", "r1", {"message_id": "msg_r1", "delta": "Let me think"})
+    assert event_line(event) is None
+    line = event_line(event, deltas=True)
+    assert line is not None
+    assert line.plain == 'reasoning "Let me think"'

@@ -162,6 +162,7 @@ VALID: dict[EventType, dict[str, Any]] = {
         "tool_call_id": "c1", "tool_name": "t", "status": "success", "duration_ms": 1,
     },
     EventType.TEXT_DELTA: {"message_id": "msg_1", "delta": "d"},
+    EventType.THINKING_DELTA: {"message_id": "msg_1", "delta": "d"},
     EventType.PROGRESS: {"percentage": 1, "message": "m"},
     EventType.AGENT_COMPLETED: {"final_response": "f", "duration_ms": 1},
     EventType.AGENT_ERROR: {"error_type": "E", "message": "m", "duration_ms": 1},
@@ -173,6 +174,7 @@ NAME_FIELDS: dict[EventType, set[str]] = {
     EventType.TOOL_EXECUTING: {"tool_call_id", "tool_name"},
     EventType.TOOL_COMPLETED: {"tool_call_id", "tool_name"},
     EventType.TEXT_DELTA: {"message_id"},
+    EventType.THINKING_DELTA: {"message_id"},
     EventType.AGENT_ERROR: {"error_type"},
     EventType.CUSTOM: {"name"},
 }
@@ -182,6 +184,7 @@ FREE_TEXT_FIELDS: dict[EventType, set[str]] = {
     EventType.AGENT_THINKING: {"reasoning"},
     EventType.TOOL_COMPLETED: {"error"},
     EventType.TEXT_DELTA: {"delta"},
+    EventType.THINKING_DELTA: {"delta"},
     EventType.PROGRESS: {"message"},
     EventType.AGENT_COMPLETED: {"final_response"},
     EventType.AGENT_ERROR: {"message"},

@@ -27,6 +27,7 @@ VALID = {
         "duration_ms": 1.5,
     },
     "text_delta": {"message_id": "m", "delta": "abc"},
+    "thinking_delta": {"message_id": "m", "delta": "hmm"},
     "progress": {"percentage": 50, "message": "half"},
     "agent_completed": {"status": "success", "final_response": "done", "duration_ms": 3.0},
     "agent_error": {"error_type": "ValueError", "message": "bad", "duration_ms": 1.0},

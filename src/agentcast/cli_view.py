@@ -63,8 +63,9 @@ def event_line(event: Event, depth: int = 0, *, deltas: bool = False) -> Text | 
     Args:
         event: Any event of the contract; unknown types are shown generically.
         depth: How many parents its run has (each level indents the line).
-        deltas: Give ``text_delta`` a line of its own (replays); otherwise it
-            gets ``None`` because a live view streams it instead.
+        deltas: Give ``text_delta`` and ``thinking_delta`` a line of their own
+            (replays); otherwise they get ``None``: a live view streams text and
+            shows reasoning as its status.
     """
     data = event.data
     pad = _INDENT * depth
@@ -75,6 +76,11 @@ def event_line(event: Event, depth: int = 0, *, deltas: bool = False) -> Text | 
             return None
         delta = json.dumps(str(data.get("delta", "")), ensure_ascii=False)
         return Text(pad + "text ", style="dim") + Text(delta)
+    if kind == EventType.THINKING_DELTA:
+        if not deltas:
+            return None  # a live view shows that the model reasons, not every token
+        delta = json.dumps(str(data.get("delta", "")), ensure_ascii=False)
+        return Text(pad + "reasoning ", style="dim magenta") + Text(delta, style="dim")
     if kind == EventType.AGENT_STARTED:
         if depth == 0:
             markup = f"[bold]{agent}[/] started: {escape(summarize(data.get('message', '')))}"
@@ -172,6 +178,9 @@ class RunView:
             self._streams.setdefault(message_id, []).append(str(event.data.get("delta", "")))
             self._stream_depth[message_id] = depth
             self.status = f"{event.agent} is writing"
+            return
+        if event.type == EventType.THINKING_DELTA:
+            self.status = f"{event.agent} is reasoning"
             return
         if event.is_terminal and event.run_id == self.run_id:
             self.outcome = event

@@ -34,6 +34,8 @@ The exception tree (``code`` is the row of :data:`ERRORS` it answers with)::
         │   └── DataDirLocked          a second writer
         ├── ToolError* → ToolTimeout*, SubRunFailed*, SubRunCancelled*  (agents.exceptions)
         ├── ServeError*                the server could not start (gateway.server)
+        ├── LlmError* → LlmFirstTokenTimeout*, LlmChunkTimeout*, LlmBadStream*,
+        │   LlmMaxSteps*, LlmConnectionError*, LlmProviderError* → LlmRateLimited*  (llm.errors)
         └── ClientError                what the Python client raises: a wire code,
                                        or one of its own (disconnected, timeout, …)
 

@@ -16,10 +16,11 @@ Bounds (docs/events.md). Every string of a payload is bounded. Identifier-like
 fields (ids, names, ``tool_name``, ``error_type``, ``message_id``) are
 :data:`Name`: 1 to :data:`MAX_NAME_CHARS` (256) characters, the bound the
 protocol puts on ids. Free-text fields (:data:`FreeText`: ``message``,
-``reasoning``, ``delta``, ``final_response``, ``error``, ``reason``) have no
-bound of their own: the whole event is bounded by ``max_event_bytes``
-(:mod:`agentcast.event_size`, checked by ``Bridge.emit``). A value over a
-bound is refused with :class:`InvalidEvent` naming the field.
+``reasoning``, ``delta`` (of ``text_delta`` and ``thinking_delta``),
+``final_response``, ``error``, ``reason``) have no bound of their own: the
+whole event is bounded by ``max_event_bytes`` (:mod:`agentcast.event_size`,
+checked by ``Bridge.emit``). A value over a bound is refused with
+:class:`InvalidEvent` naming the field.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ __all__ = [
     "Name",
     "Progress",
     "TextDelta",
+    "ThinkingDelta",
+    "TokenUsage",
     "ToolCompleted",
     "ToolExecuting",
     "ToolStatus",
@@ -79,6 +82,7 @@ class EventType(StrEnum):
     TOOL_EXECUTING = "tool_executing"
     TOOL_COMPLETED = "tool_completed"
     TEXT_DELTA = "text_delta"
+    THINKING_DELTA = "thinking_delta"
     PROGRESS = "progress"
     AGENT_COMPLETED = "agent_completed"
     AGENT_ERROR = "agent_error"
@@ -160,6 +164,26 @@ class TextDelta(_Payload, frozen=True):
     delta: FreeText
 
 
+class ThinkingDelta(_Payload, frozen=True):
+    """A chunk of streamed reasoning (a model's thinking tokens, coalesced) of ``message_id``.
+
+    The reasoning counterpart of :class:`TextDelta`: same ``message_id`` as the
+    run's text, so a client shows a message's reasoning next to its answer.
+    ``agent_thinking`` stays for discrete, numbered steps.
+    """
+
+    message_id: Name
+    delta: FreeText
+
+
+class TokenUsage(_Payload, frozen=True):
+    """Tokens a run spent with its model(s), sub-runs included (``agent_completed.usage``)."""
+
+    prompt_tokens: Annotated[int, msgspec.Meta(ge=0)]
+    completion_tokens: Annotated[int, msgspec.Meta(ge=0)]
+    total_tokens: Annotated[int, msgspec.Meta(ge=0)]
+
+
 class Progress(_Payload, frozen=True):
     """Coarse progress, 0 to 100."""
 
@@ -174,6 +198,9 @@ class AgentCompleted(_Payload, frozen=True, kw_only=True, omit_defaults=False):
     final_response: FreeText
     duration_ms: NonNegative
     result: Any | msgspec.UnsetType = msgspec.UNSET
+    #: Absent when the agent reported no usage; ``null`` when it called a model
+    #: that reported none (``RunContext.report_usage``).
+    usage: TokenUsage | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class AgentError(_Payload, frozen=True):
@@ -204,6 +231,7 @@ PAYLOAD_TYPES: Final[dict[EventType, type[_Payload]]] = {
     EventType.TOOL_EXECUTING: ToolExecuting,
     EventType.TOOL_COMPLETED: ToolCompleted,
     EventType.TEXT_DELTA: TextDelta,
+    EventType.THINKING_DELTA: ThinkingDelta,
     EventType.PROGRESS: Progress,
     EventType.AGENT_COMPLETED: AgentCompleted,
     EventType.AGENT_ERROR: AgentError,

@@ -10,7 +10,9 @@ context offers no way to emit them, so an agent cannot break invariant 3.
 Ordering. All of a context's emits are serialised by one lock, and streamed
 text that is still being coalesced is flushed *before* any other event of the
 context, so a client sees exactly the order the agent produced: text said
-before a ``think`` arrives before it.
+before a ``think`` arrives before it. Streamed reasoning (:meth:`RunContext.think_stream`)
+is coalesced the same way in the same buffer, which holds one kind at a time:
+switching from text to reasoning (or back) sends what is pending first.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import msgspec
 
 from .. import events
 from ..errors import InternalError, InvalidEvent, InvalidTransition, NotFound
@@ -29,7 +33,7 @@ from .whole import whole
 if TYPE_CHECKING:
     from .registry import AgentRegistry
 
-__all__ = ["MAX_PENDING_CHARS", "DelegateFn", "RunContext"]
+__all__ = ["MAX_PENDING_CHARS", "DelegateFn", "RunContext", "StreamKind"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +44,13 @@ DelegateFn = Callable[["RunContext", str, str], Awaitable[str]]
 #: Pending text above this many characters is sent at once instead of waiting
 #: for the window: it bounds both the buffer and a single ``text_delta``.
 MAX_PENDING_CHARS: Final = 16_384
+
+#: What the coalescing buffer holds: answer text (``text_delta``) or reasoning
+#: (``thinking_delta``).
+StreamKind = Literal["text", "thinking"]
+_DELTA_EVENT: Final[dict[StreamKind, str]] = {"text": "text_delta", "thinking": "thinking_delta"}
+_KIND_OF: Final[dict[str, StreamKind]] = {v: k for k, v in _DELTA_EVENT.items()}
+_USAGE_FIELDS: Final = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 
 class RunContext:
@@ -92,7 +103,11 @@ class RunContext:
         self._history = tuple(history)
         self._lock = asyncio.Lock()
         self._pending: list[str] = []
+        self._pending_kind: StreamKind = "text"
         self._said: list[str] = []
+        # UNSET: no usage reported (agent_completed has no ``usage``); None: only
+        # model calls whose provider reported none; else the sum.
+        self._usage: dict[str, int] | msgspec.UnsetType | None = msgspec.UNSET
         self._timer: asyncio.Task[None] | None = None
         self._next_step = 1
         self._closing = False
@@ -172,6 +187,16 @@ class RunContext:
         return "".join(self._said)
 
     @property
+    def usage(self) -> dict[str, int] | msgspec.UnsetType | None:
+        """The usage summed by :meth:`report_usage`, for ``agent_completed.usage``.
+
+        ``msgspec.UNSET``: nothing reported (no ``usage`` field); ``None``: every
+        report was ``None`` (the provider sent none); else the sum of the known
+        ``{"prompt_tokens", "completion_tokens", "total_tokens"}`` reports.
+        """
+        return dict(self._usage) if isinstance(self._usage, dict) else self._usage
+
+    @property
     def closed(self) -> bool:
         """Whether :meth:`aclose` has run."""
         return self._closed
@@ -222,6 +247,77 @@ class RunContext:
         if not text:
             return
         self._said.append(text)
+        await self._stream("text", text)
+
+    async def think_stream(self, delta: str) -> None:
+        """Stream reasoning (a model's thinking tokens) as ``thinking_delta`` events.
+
+        Coalesced like :meth:`say`, under this run's :attr:`message_id`, and kept
+        in order with everything else: pending text is sent before reasoning
+        starts, pending reasoning before text or any other event follows. Use
+        :meth:`think` for a discrete step. Not part of :attr:`text`.
+
+        Raises:
+            EventTooLarge: as for :meth:`say`.
+        """
+        self._check_open()
+        if not delta:
+            return
+        await self._stream("thinking", delta)
+
+    def report_usage(self, usage: Mapping[str, int] | None) -> None:
+        """Add one model call's token usage to this run's (see :attr:`usage`).
+
+        Args:
+            usage: ``prompt_tokens``, ``completion_tokens`` (``total_tokens``
+                defaults to their sum), or ``None``: the provider reported none.
+                The runner adds a sub-run's total to its parent's the same way.
+
+        Raises:
+            ValueError: a count that is missing, negative or not an integer.
+        """
+        if usage is None:
+            if self._usage is msgspec.UNSET:
+                self._usage = None
+            return
+        counts = dict(usage)
+        counts.setdefault(
+            "total_tokens", counts.get("prompt_tokens", 0) + counts.get("completion_tokens", 0)
+        )
+        for name in _USAGE_FIELDS:
+            value = counts.get(name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"usage {name} must be an integer >= 0, not {value!r}")
+        base = self._usage if isinstance(self._usage, dict) else dict.fromkeys(_USAGE_FIELDS, 0)
+        self._usage = {name: base[name] + counts[name] for name in _USAGE_FIELDS}
+
+    async def run_tool_call(
+        self,
+        tool_call_id: str,
+        name_or_spec: str | ToolSpec[..., Any],
+        arguments: Mapping[str, Any],
+        *,
+        refused: str | None = None,
+    ) -> Any:
+        """:meth:`call_tool` for a model's call: its events carry the model's ``tool_call_id``.
+
+        ``refused`` reports a call that must not run (arguments that are not
+        JSON, a tool the agent does not offer) as a pair with status ``error``
+        and ``refused`` as its error, so the user sees the model's mistake.
+
+        Raises:
+            ToolError: refused, invalid arguments, or the tool raised.
+            ToolTimeout: the tool exceeded its time limit.
+        """
+        return await self._tools.call(
+            name_or_spec, arguments, tool_call_id=tool_call_id, refused=refused
+        )
+
+    async def _stream(self, kind: StreamKind, text: str) -> None:
+        """Buffer ``text`` of ``kind``; what is pending of the other kind is sent first."""
+        while self._pending and self._pending_kind != kind:
+            await self._emit_locked(None, None)
+        self._pending_kind = kind
         self._pending.append(text)
         window = self._settings.text_coalesce_ms / 1000
         if window <= 0 or sum(map(len, self._pending)) >= MAX_PENDING_CHARS:
@@ -317,7 +413,10 @@ class RunContext:
                 await self._emit_fn(event_type, data)
 
     async def _flush_locked(self) -> None:
-        """Send the pending text as one ``text_delta``. The caller holds the lock."""
+        """Send the pending text as one ``text_delta`` (or ``thinking_delta``).
+
+        The caller holds the lock.
+        """
         timer, self._timer = self._timer, None
         if timer is not None and timer is not asyncio.current_task():
             timer.cancel()
@@ -332,14 +431,20 @@ class RunContext:
         # arriving during the emit stays pending.
         delta = "".join(self._pending)
         self._pending.clear()
+        event_type = _DELTA_EVENT[self._pending_kind]
         try:
-            await whole(
-                self._emit_fn("text_delta", {"message_id": self.message_id, "delta": delta})
-            )
+            await whole(self._emit_fn(event_type, {"message_id": self.message_id, "delta": delta}))
         except (asyncio.CancelledError, InvalidEvent):
             raise  # cancelled: only once the text was committed; invalid: never sendable
         except BaseException:
-            self._pending.insert(0, delta)
+            kind = _KIND_OF[event_type]
+            if self._pending and self._pending_kind != kind:
+                # The other kind arrived meanwhile (another task): putting this
+                # back in front would send it under the wrong event type.
+                logger.warning("dropping unsent %s of %s", event_type, self._run_id)
+            else:
+                self._pending.insert(0, delta)
+                self._pending_kind = kind
             raise
 
     async def _flush_after(self, delay: float) -> None:

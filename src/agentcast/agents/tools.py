@@ -327,7 +327,12 @@ class ToolDispatcher:
     # Public methods
 
     async def call(
-        self, name_or_spec: str | ToolSpec[..., Any], args: Mapping[str, Any] | None = None
+        self,
+        name_or_spec: str | ToolSpec[..., Any],
+        args: Mapping[str, Any] | None = None,
+        *,
+        tool_call_id: str | None = None,
+        refused: str | None = None,
     ) -> Any:
         """Call a tool and return its result, emitting ``tool_executing``/``tool_completed``.
 
@@ -343,6 +348,10 @@ class ToolDispatcher:
         * ``cancelled`` — the calling task was cancelled: the event is emitted
           (shielded, so it really is) and ``CancelledError`` propagates.
 
+        ``tool_call_id`` is the events' id (a model's own call id); a new one
+        is made when it is ``None`` or not a valid ``Name``. ``refused`` makes a
+        call that is reported but never run: status ``error`` with that text.
+
         Raises:
             ToolError: see above.
             ToolTimeout: see above.
@@ -353,7 +362,7 @@ class ToolDispatcher:
             self._inflight[task] = self._inflight.get(task, 0) + 1
         try:
             async with self._slots:
-                return await self._call(name_or_spec, args)
+                return await self._call(name_or_spec, args, tool_call_id, refused)
         finally:
             if task is not None:
                 if self._inflight[task] <= 1:
@@ -378,14 +387,22 @@ class ToolDispatcher:
 
     # Private methods
 
-    async def _call(self, name_or_spec: str | ToolSpec[..., Any], args: Mapping[str, Any]) -> Any:
+    async def _call(
+        self,
+        name_or_spec: str | ToolSpec[..., Any],
+        args: Mapping[str, Any],
+        tool_call_id: str | None,
+        refused: str | None,
+    ) -> Any:
         spec: ToolSpec[..., Any] | None
         if isinstance(name_or_spec, ToolSpec):
             spec, tool_name = name_or_spec, name_or_spec.name
         else:
-            tool_name = str(name_or_spec) or "unknown"
-            spec = self._lookup(tool_name)
-        call_id = _new_tool_call_id()
+            tool_name = str(name_or_spec)[: events.MAX_NAME_CHARS] or "unknown"
+            spec = None if refused is not None else self._lookup(tool_name)
+        call_id = tool_call_id
+        if not call_id or len(call_id) > events.MAX_NAME_CHARS:
+            call_id = _new_tool_call_id()
         max_bytes = self._settings.max_value_bytes
         try:
             parameters = events.bounded_json(events.redact(_json_ready(args)), max_bytes)
@@ -426,8 +443,8 @@ class ToolDispatcher:
         def fail(message: str, cls: type[ToolError] = ToolError) -> ToolError:
             return cls(message, tool_name=tool_name, tool_call_id=call_id)
 
-        if spec is None:
-            error = fail(f"unknown tool {tool_name!r}")
+        if refused is not None or spec is None:
+            error = fail(refused if refused is not None else f"unknown tool {tool_name!r}")
             await complete("error", error=error.message)
             raise error
         try:

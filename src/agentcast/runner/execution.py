@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -31,6 +32,7 @@ from ..agents import (
     SubRunFailed,
     result_text,
 )
+from ..agents.history import history_messages
 from ..agents.sanitize import sanitize_error
 from ..bridge import Bridge
 from ..config import EngineSettings
@@ -93,7 +95,7 @@ class Executor:
             data=data,
         )
 
-    def context(self, state: RunState) -> RunContext:
+    def context(self, state: RunState, history: Sequence[Mapping[str, Any]] = ()) -> RunContext:
         rec = state.record
 
         async def emit(event_type: str, data: Any) -> StoredEvent:
@@ -112,7 +114,25 @@ class Executor:
             delegate=self.delegate,
             registry=self.registry,
             settings=self.agent_settings,
+            history=history,
         )
+
+    async def history(self, record: RunRecord) -> tuple[dict[str, Any], ...]:
+        """The thread's earlier turns for a top-level run, read as it starts; none for a sub-run.
+
+        Read after ``agent_started``, so a run that waited in the queue sees
+        the answer of the run before it (that run's turn was stored with its
+        terminal event, which freed this run's slot).
+        """
+        if record.parent_run_id is not None:
+            return ()
+        turns = await self.store.history(
+            record.thread_id,
+            record.queue_pos,
+            self.agent_settings.history_max_turns,
+            self.agent_settings.history_max_tokens,
+        )
+        return history_messages(turns)
 
     async def execute(self, state: RunState) -> Outcome:
         """Run one (sub-)run from ``agent_started`` to exactly one terminal event.
@@ -134,17 +154,22 @@ class Executor:
         def elapsed_ms() -> float:
             return round((loop.time() - state.started) * 1000, 3)
 
-        ctx = self.context(state)
+        ctx: RunContext | None = None  # made once the history is read
         try:
             try:
                 await finish_anyway(self.emit(rec, EventType.AGENT_STARTED, {"message": rec.input}))
                 if state.cancel_reason is not None:
                     raise asyncio.CancelledError  # cancelled before the agent began
+                # A failed read ends the run agent_error: never a run that
+                # silently forgot its conversation.
+                ctx = self.context(state, await self.history(rec))
                 result = await self.registry.get(rec.agent).run(ctx)
                 final, structured = result_text(result, ctx)
                 data: dict[str, Any] = {"status": "success", "final_response": final}
                 if structured is not msgspec.UNSET:
                     data["result"] = bounded_json(structured, self.settings.max_value_bytes)
+                if ctx.usage is not msgspec.UNSET:
+                    data["usage"] = ctx.usage  # sub-runs' usage already added by delegate
                 outcome = Outcome(RunStatus.COMPLETED, EventType.AGENT_COMPLETED, data, final)
             except asyncio.CancelledError:
                 if state.cancel_reason is None:
@@ -178,7 +203,7 @@ class Executor:
             RunStatus.CANCELLED, EventType.AGENT_CANCELLED, {"reason": reason}, "", reason
         )
 
-    async def _wind_up(self, state: RunState, ctx: RunContext) -> None:
+    async def _wind_up(self, state: RunState, ctx: RunContext | None) -> None:
         """End what the agent left running, so that the terminal event comes last.
 
         Sub-runs still running in tasks of their own are cancelled and waited
@@ -196,7 +221,8 @@ class Executor:
         for child in children:
             await child.done.wait()
         try:
-            await ctx.aclose()
+            if ctx is not None:
+                await ctx.aclose()
         except Exception:
             logger.exception("winding up run %s failed", state.run_id)
 
@@ -283,6 +309,8 @@ class Executor:
             sub.cancel_reason = f"{PARENT_ENDED}: {parent.cancel_reason or CANCELLED}"
         try:
             outcome = await self.execute(sub)
+            if "usage" in outcome.data:  # a model's tokens count toward the run that asked
+                parent_ctx.report_usage(outcome.data["usage"])
         finally:
             parent.children.discard(sub)
             self.states.pop(record.run_id, None)

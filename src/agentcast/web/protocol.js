@@ -68,6 +68,7 @@ export const EVENT_TYPES = Object.freeze([
   "tool_executing",
   "tool_completed",
   "text_delta",
+  "thinking_delta",
   "progress",
   "agent_completed",
   "agent_error",
@@ -101,7 +102,8 @@ export const ClientErrorCode = Object.freeze({
 
 /**
  * @typedef {"agent_started"|"agent_thinking"|"tool_executing"|"tool_completed"|"text_delta"
- *   |"progress"|"agent_completed"|"agent_error"|"agent_cancelled"|"custom"} EventType
+ *   |"thinking_delta"|"progress"|"agent_completed"|"agent_error"|"agent_cancelled"|"custom"}
+ *   EventType
  */
 
 /**

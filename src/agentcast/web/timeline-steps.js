@@ -42,7 +42,18 @@ export function streamItem(messageId) {
 }
 
 /**
- * @param {AgentEvent} event  text_delta
+ * A stream of thinking_deltas (a model's reasoning): one step per message_id,
+ * its spans appended to one block as they come.
+ * @param {string} messageId
+ */
+export function thinkingStreamItem(messageId) {
+  const block = el("div.stream-thinking");
+  const item = el("li.step.thinking.stream", { "data-thinking-id": messageId }, icon("think"), block);
+  return { item, block };
+}
+
+/**
+ * @param {AgentEvent} event  text_delta or thinking_delta
  * @param {Record<string, any>} data
  */
 export function textSpan(event, data) {

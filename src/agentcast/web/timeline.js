@@ -26,6 +26,7 @@ import {
   endItem,
   progressItem,
   streamItem,
+  thinkingStreamItem,
   textSpan,
   thinkingItem,
 } from "./timeline-steps.js";
@@ -158,6 +159,9 @@ export class Timeline {
       case "agent_cancelled":
         this.#end(event, data);
         return;
+      case "thinking_delta":
+        this.#thinkingDelta(event, data);
+        return;
       default:
         this.#fallback(event);
     }
@@ -240,6 +244,24 @@ export class Timeline {
     let block = run.streams.get(key);
     if (!block) {
       const stream = streamItem(key);
+      block = stream.block;
+      run.steps.append(stream.item);
+      run.streams.set(key, block);
+    }
+    block.append(textSpan(event, data));
+  }
+
+  /**
+   * Streamed reasoning: appended to one element per message_id, apart from its text.
+   * @param {AgentEvent} event
+   * @param {Record<string, any>} data
+   */
+  #thinkingDelta(event, data) {
+    const run = this.#runOf(event);
+    const key = `thinking:${data.message_id ?? "text"}`;
+    let block = run.streams.get(key);
+    if (!block) {
+      const stream = thinkingStreamItem(key);
       block = stream.block;
       run.steps.append(stream.item);
       run.streams.set(key, block);

@@ -83,6 +83,12 @@ class EngineMetrics:
             ["reason"],
             registry=r,
         )
+        self.llm_tokens = Counter(
+            "agentcast_llm_tokens",
+            "Model tokens reported by agents, by agent, model and kind (prompt, completion).",
+            ["agent", "model", "kind"],
+            registry=r,
+        )
         self.events_trimmed = Counter(
             "agentcast_events_trimmed",
             "Events deleted by retention (docs/event-log.md, Retention).",

@@ -490,6 +490,63 @@ async def test_agent_completed_carries_the_runs_usage_sub_runs_included(
         "completion_tokens": 2,
         "total_tokens": 42,
     }
+    tokens = engine.bridge.metrics.registry.get_sample_value
+    labels = {"agent": "helper", "model": "test-model"}
+    # Counted once, where the model was called, not again in the parent's total.
+    assert tokens("agentcast_llm_tokens_total", {**labels, "kind": "prompt"}) == 40
+    assert tokens("agentcast_llm_tokens_total", {**labels, "kind": "completion"}) == 2
+    assert (
+        tokens(
+            "agentcast_llm_tokens_total", {"agent": "lead", "model": "test-model", "kind": "prompt"}
+        )
+        is None
+    )
     _, _, alone = await run(make_engine, chat(model_client))
     assert alone[-1].type == "agent_completed"
     assert alone[-1].data["usage"] is None  # the provider sent none
+
+
+async def test_the_model_hands_a_task_to_another_agent_as_a_nested_sub_run(
+    make_engine: EngineFactory, replay_server: ReplayServer, model_client: openai.AsyncOpenAI
+) -> None:
+    async def shout(ctx: RunContext) -> str:
+        await ctx.think("shouting")
+        return ctx.message.upper()
+
+    lead = chat(model_client, agents={"shout": "turns a text into capitals."})
+    replay_server.queue(
+        scenario(tool_calls([("call_s", "shout", {"message": "hello there"})])),
+        reply("They said HELLO THERE."),
+    )
+    registry = AgentRegistry()
+    registry.register(lead, name="chat")
+    registry.register(shout, name="shout")
+    engine = await make_engine(registry)
+    ticket = await engine.runner.start_run(USER, "chat", "shout hello there")
+    assert (await wait_run(engine, USER, ticket.run_id)).output == "They said HELLO THERE."
+    events = await thread_events(engine, ticket.thread_id)  # contiguous, whole lifecycles
+    lead_run = ticket.run_id
+    (sub,) = {e.run_id for e in events if e.parent_run_id == lead_run}
+    story = [(e.type, "lead" if e.run_id == lead_run else "sub") for e in events]
+    assert compact([f"{t}/{who}" for t, who in story]) == [
+        "agent_started/lead",
+        "tool_executing/lead",
+        "agent_started/sub",
+        "agent_thinking/sub",
+        "agent_completed/sub",
+        "tool_completed/lead",
+        "text_delta/lead",
+        "agent_completed/lead",
+    ]
+    executing = next(e for e in events if e.type == "tool_executing")
+    assert (executing.data["tool_call_id"], executing.data["tool_name"]) == ("call_s", "shout")
+    completed = next(e for e in events if e.type == "tool_completed")
+    assert completed.data["status"] == "success"
+    assert completed.data["results"] == "HELLO THERE"
+    offered = replay_server.completions[0].body["tools"]
+    assert [t["function"]["name"] for t in offered] == ["shout"]
+    assert "capitals" in offered[0]["function"]["description"]
+    assert offered[0]["function"]["parameters"]["required"] == ["message"]
+    answer = replay_server.completions[1].body["messages"][-1]
+    assert answer == {"role": "tool", "tool_call_id": "call_s", "content": "HELLO THERE"}
+    assert sub != lead_run

@@ -100,7 +100,9 @@ async def test_text_stream_yields_the_exact_text(
     assert len({c.id for c in chunks}) == 1
     assert chunks[0].model == "test-model"
 
-    (request,) = replay_server.completions
+    # The client may read [DONE] before the server's thread records the outcome.
+    request = await replay_server.wait_done(0)
+    assert len(replay_server.completions) == 1
     assert request.outcome == "completed"
     assert request.body["messages"] == MESSAGES
     assert request.body["model"] == "test-model"
@@ -253,7 +255,8 @@ async def test_fifty_concurrent_paced_streams(replay_server: ReplayServer) -> No
     texts = sorted(content_of(r) for r in results)
     assert texts == sorted(" ".join(f"w{i}" for _ in range(count)) for i in range(streams))
     assert elapsed < (count - 1) / rate + seconds(2.0)
-    assert all(r.outcome == "completed" for r in replay_server.completions)
+    for index in range(streams):
+        assert (await replay_server.wait_done(index)).outcome == "completed"
 
 
 # --- HTTP errors before the stream --------------------------------------------------------
@@ -369,7 +372,7 @@ async def test_dropped_connection_mid_stream_raises_api_connection_error(
     assert "".join(received) == "ab"
     # Mid-stream failures are never retried by the SDK (max_retries is for the request).
     assert len(replay_server.completions) == 1
-    assert replay_server.completions[0].outcome == "dropped"
+    assert (await replay_server.wait_done(0)).outcome == "dropped"
 
 
 async def test_closing_a_stalled_stream_is_seen_by_the_server_at_once(
@@ -421,7 +424,7 @@ async def test_a_stall_bound_drops_the_connection(
     replay_server.queue(scenario(text("a"), stall(max_s=seconds(0.1))))
     with pytest.raises(openai.APIConnectionError):
         await collect(client)
-    assert replay_server.completions[0].outcome == "stalled"
+    assert (await replay_server.wait_done(0)).outcome == "stalled"
 
 
 # --- other modes ------------------------------------------------------------------------

@@ -284,3 +284,34 @@ def stored_as(server: Server, token: str, thread_id: str) -> Shown:
     """Like :func:`stored`, as the user of ``token``."""
     body = server.api("GET", f"/v1/threads/{thread_id}/events?limit=1000", token=token)
     return [(e["seq"], e["type"], e["run_id"]) for e in body["events"]]
+
+
+def test_model_output_never_loads_a_remote_image(
+    context: BrowserContext, server: Server, page_errors: list[str]
+) -> None:
+    """``![…](url)`` is a link the user may open, never a fetch; the page's CSP agrees."""
+    fetched: list[str] = []
+    page = open_page(context, server, errors=page_errors)
+    page.on("request", lambda request: fetched.append(request.url))
+    shown = page.evaluate(
+        """async () => {
+            const { renderMarkdown } = await import("/static/markdown.js");
+            const box = document.createElement("div");
+            box.append(renderMarkdown(
+                "Look ![chart](http://127.0.0.1:9/leak.png?q=secret) and [docs](https://example.org/)"
+            ));
+            document.body.append(box);
+            return {
+                images: box.querySelectorAll("img").length,
+                links: [...box.querySelectorAll("a")].map((a) => [a.textContent, a.href]),
+            };
+        }"""
+    )
+    assert shown["images"] == 0
+    assert shown["links"] == [
+        ["image: chart", "http://127.0.0.1:9/leak.png?q=secret"],
+        ["docs", "https://example.org/"],
+    ]
+    assert not [url for url in fetched if "leak.png" in url]
+    csp = httpx.get(server.url).headers["content-security-policy"]
+    assert "img-src 'self' data:" in csp

@@ -33,13 +33,16 @@ from .whole import whole
 if TYPE_CHECKING:
     from .registry import AgentRegistry
 
-__all__ = ["MAX_PENDING_CHARS", "DelegateFn", "RunContext", "StreamKind"]
+__all__ = ["MAX_PENDING_CHARS", "DelegateFn", "RunContext", "StreamKind", "UsageFn"]
 
 logger = logging.getLogger(__name__)
 
 #: ``await delegate(parent_ctx, agent_name, message)`` runs a sub-run to its
 #: end and returns its final response (the runner provides it).
 DelegateFn = Callable[["RunContext", str, str], Awaitable[str]]
+
+#: ``on_usage(agent, model, counts)``: one model call's token counts, as reported.
+UsageFn = Callable[[str, str, Mapping[str, int]], None]
 
 #: Pending text above this many characters is sent at once instead of waiting
 #: for the window: it bounds both the buffer and a single ``text_delta``.
@@ -73,6 +76,8 @@ class RunContext:
         registry: Where :meth:`call_tool` finds tools by name.
         settings: The run's limits; defaults when omitted.
         history: The thread's earlier turns (see :attr:`history`).
+        on_usage: Called with ``(agent, model, counts)`` for each usage
+            reported with a model (the runner counts it in its metrics).
     """
 
     def __init__(
@@ -89,6 +94,7 @@ class RunContext:
         registry: AgentRegistry | None = None,
         settings: AgentSettings | None = None,
         history: Sequence[Mapping[str, Any]] = (),
+        on_usage: UsageFn | None = None,
     ) -> None:
         self._run_id = run_id
         self._thread_id = thread_id
@@ -101,6 +107,7 @@ class RunContext:
         self._registry = registry
         self._settings = settings or AgentSettings()
         self._history = tuple(history)
+        self._on_usage = on_usage
         self._lock = asyncio.Lock()
         self._pending: list[str] = []
         self._pending_kind: StreamKind = "text"
@@ -265,13 +272,16 @@ class RunContext:
             return
         await self._stream("thinking", delta)
 
-    def report_usage(self, usage: Mapping[str, int] | None) -> None:
+    def report_usage(self, usage: Mapping[str, int] | None, *, model: str | None = None) -> None:
         """Add one model call's token usage to this run's (see :attr:`usage`).
 
         Args:
             usage: ``prompt_tokens``, ``completion_tokens`` (``total_tokens``
                 defaults to their sum), or ``None``: the provider reported none.
-                The runner adds a sub-run's total to its parent's the same way.
+                The runner adds a sub-run's total to its parent's the same way
+                (without ``model``: those tokens were counted once already).
+            model: The model that used them; given, they are also counted in
+                ``agentcast_llm_tokens_total{agent,model,kind}``.
 
         Raises:
             ValueError: a count that is missing, negative or not an integer.
@@ -290,6 +300,8 @@ class RunContext:
                 raise ValueError(f"usage {name} must be an integer >= 0, not {value!r}")
         base = self._usage if isinstance(self._usage, dict) else dict.fromkeys(_USAGE_FIELDS, 0)
         self._usage = {name: base[name] + counts[name] for name in _USAGE_FIELDS}
+        if model is not None and self._on_usage is not None:
+            self._on_usage(self._agent, model, counts)
 
     async def run_tool_call(
         self,

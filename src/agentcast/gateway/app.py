@@ -244,6 +244,10 @@ def _websocket_route(gateway: Gateway) -> WebSocketRoute | None:
     return WebSocketRoute(WS_PATH, websocket_endpoint)
 
 
+#: Headers of the page: images from this origin (and inline data) only.
+_PAGE_HEADERS: Final = {"Content-Security-Policy": "img-src 'self' data:"}
+
+
 def _static_routes() -> list[BaseRoute]:
     """``/`` (index.html) and ``/static`` from the package's ``web`` directory, if present."""
     index = WEB_DIR / "index.html"
@@ -251,7 +255,9 @@ def _static_routes() -> list[BaseRoute]:
         return []
 
     async def home(request: Request) -> Response:
-        return FileResponse(index, media_type="text/html")
+        # Model output is rendered on this page: no image from another origin is
+        # ever fetched (a prompt-injected image URL would carry data out).
+        return FileResponse(index, media_type="text/html", headers=_PAGE_HEADERS)
 
     return [
         Route("/", home, methods=["GET"]),

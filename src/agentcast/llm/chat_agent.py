@@ -29,7 +29,7 @@ from typing import Any, Final
 
 from ..agents.context import RunContext
 from ..agents.exceptions import ToolError
-from ..agents.tools import ToolSpec
+from ..agents.tools import ToolSpec, tool
 from ..settings import AgentcastSettings, LlmSection
 from .errors import (
     LlmChunkTimeout,
@@ -70,6 +70,11 @@ class ChatAgent:
         description: For listings.
         system_prompt: The first message of every request, if any.
         tools: The ``@tool`` specs the model may call (registered with the agent).
+        agents: Other registered agents the model may hand a task to, by name
+            (and, in a mapping, what each is good for). Each is offered to the
+            model as a tool of that name taking ``{"message": …}``; a call runs
+            a sub-run of that agent under this run (its events nest under it)
+            and its final response is the call's result.
         model: The model name (``llm_model``).
         base_url: An OpenAI-compatible endpoint (``llm_base_url``; unset: OpenAI).
         api_key: The key (``llm_api_key``); never shown in repr, logs or errors.
@@ -95,6 +100,7 @@ class ChatAgent:
         description: str = "Answers with a language model, calling tools as needed.",
         system_prompt: str | None = None,
         tools: Iterable[ToolSpec[..., Any]] = (),
+        agents: Iterable[str] | Mapping[str, str] = (),
         model: str | None = None,
         base_url: str | None = None,
         api_key: str | None = None,
@@ -115,6 +121,11 @@ class ChatAgent:
         self._by_name = {spec.name: spec for spec in self.tools}
         if len(self._by_name) != len(self.tools):
             raise ValueError("two tools of a ChatAgent have the same name")
+        self.agents: dict[str, str] = (
+            dict(agents) if isinstance(agents, Mapping) else dict.fromkeys(agents, "")
+        )
+        if clash := set(self.agents) & set(self._by_name):
+            raise ValueError(f"agents and tools of a ChatAgent share names: {sorted(clash)}")
         self.model = model or llm.llm_model
         self.base_url = base_url if base_url is not None else llm.llm_base_url
         self._api_key = api_key if api_key is not None else llm.llm_api_key
@@ -154,10 +165,11 @@ class ChatAgent:
         """
         client = self._get_client()
         turns: list[dict[str, Any]] = []
-        tools = openai_tools(self.tools)
+        callable_specs = {**self._by_name, **self._hand_overs(ctx)}
+        tools = openai_tools(callable_specs.values())
         for number in range(1, self.max_steps + 1):
             step = await self._step(ctx, client, self._messages(ctx, turns), tools)
-            ctx.report_usage(step.usage)
+            ctx.report_usage(step.usage, model=self.model)
             if not step.calls:
                 return step.text
             if number == self.max_steps:
@@ -170,7 +182,7 @@ class ChatAgent:
                     "tool_calls": [call.message() for call in step.calls],
                 }
             )
-            turns.extend(await self._run_calls(ctx, step.calls))
+            turns.extend(await self._run_calls(ctx, step.calls, callable_specs))
         raise LlmMaxSteps(
             f"the model still asked for tools after {self.max_steps} model calls (llm_max_steps)"
         )
@@ -262,24 +274,33 @@ class ChatAgent:
             "(llm_first_token_timeout_s)"
         )
 
+    def _hand_overs(self, ctx: RunContext) -> dict[str, ToolSpec[..., Any]]:
+        """This run's tools that hand a task to another agent (a sub-run of this run)."""
+        return {agent: _hand_over(ctx, agent, purpose) for agent, purpose in self.agents.items()}
+
     async def _run_calls(
-        self, ctx: RunContext, calls: Sequence[AssembledCall]
+        self,
+        ctx: RunContext,
+        calls: Sequence[AssembledCall],
+        specs: Mapping[str, ToolSpec[..., Any]],
     ) -> list[dict[str, Any]]:
         """Run a step's tool calls concurrently; their results in call order."""
         async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(self._run_call(ctx, call)) for call in calls]
+            tasks = [group.create_task(self._run_call(ctx, call, specs)) for call in calls]
         return [
             {"role": "tool", "tool_call_id": call.id, "content": task.result()}
             for call, task in zip(calls, tasks, strict=True)
         ]
 
-    async def _run_call(self, ctx: RunContext, call: AssembledCall) -> str:
+    async def _run_call(
+        self, ctx: RunContext, call: AssembledCall, specs: Mapping[str, ToolSpec[..., Any]]
+    ) -> str:
         """One tool call; its result (or error) as the tool message's content."""
-        spec = self._by_name.get(call.name)
+        spec = specs.get(call.name)
         arguments: Any = {}
         refused: str | None = None
         if spec is None:
-            offered = ", ".join(self._by_name) or "none"
+            offered = ", ".join(specs) or "none"
             refused = f"unknown tool {call.name!r} (available: {offered})"
         else:
             try:
@@ -296,6 +317,23 @@ class ChatAgent:
         except ToolError as exc:
             return f"Error: {exc.message}"
         return result if isinstance(result, str) else json.dumps(result, default=str)
+
+
+def _hand_over(ctx: RunContext, agent: str, purpose: str) -> ToolSpec[..., Any]:
+    """A tool of one run that runs ``agent`` as its sub-run and returns its answer."""
+
+    async def hand_over(message: str) -> str:
+        """Hand a task to another agent and return its answer.
+
+        Args:
+            message: The task, complete: the other agent sees only this.
+        """
+        return await ctx.delegate(agent, message)
+
+    description = f"Hand a task to the {agent} agent and get its answer."
+    if purpose:
+        description += f" It {purpose}" if purpose[0].islower() else f" {purpose}"
+    return tool(name=agent, description=description)(hand_over)
 
 
 def _name_calls(calls: Sequence[AssembledCall]) -> None:

@@ -115,7 +115,13 @@ class Executor:
             registry=self.registry,
             settings=self.agent_settings,
             history=history,
+            on_usage=self._count_tokens,
         )
+
+    def _count_tokens(self, agent: str, model: str, counts: Mapping[str, int]) -> None:
+        tokens = self.bridge.metrics.llm_tokens
+        tokens.labels(agent, model, "prompt").inc(counts.get("prompt_tokens", 0))
+        tokens.labels(agent, model, "completion").inc(counts.get("completion_tokens", 0))
 
     async def history(self, record: RunRecord) -> tuple[dict[str, Any], ...]:
         """The thread's earlier turns for a top-level run, read as it starts; none for a sub-run.

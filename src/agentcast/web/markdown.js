@@ -4,10 +4,16 @@
  * http(s) links. It builds DOM nodes and never parses HTML, so nothing an
  * agent writes can inject markup.
  *
+ * It never loads a remote image: `![alt](url)` becomes a plain link labelled
+ * "image: alt" that the user may choose to open. A model's answer can be steered
+ * by a prompt injection, and an image URL that carries data in its query string
+ * is fetched the moment it is rendered: the classic way to leak a conversation.
+ * The page's Content-Security-Policy (`img-src 'self' data:`) stops it too.
+ *
  * @module markdown
  */
 
-const INLINE = /(\*\*[^*\n]+\*\*|__[^_\n]+__|`[^`\n]+`|\*[^*\s][^*\n]*\*|_[^_\s][^_\n]*_|\[[^\]\n]+\]\(https?:\/\/[^)\s]+\))/;
+const INLINE = /(\*\*[^*\n]+\*\*|__[^_\n]+__|`[^`\n]+`|\*[^*\s][^*\n]*\*|_[^_\s][^_\n]*_|!?\[[^\]\n]*\]\([^)\s]+\))/;
 
 /**
  * Append `text` to `parent` with inline formatting.
@@ -27,14 +33,17 @@ function appendInline(parent, text) {
     } else if (/^([*_]).+\1$/.test(part)) {
       node = document.createElement("em");
       appendInline(node, part.slice(1, -1));
-    } else if (part.startsWith("[")) {
-      const match = /^\[([^\]]+)\]\((https?:\/\/[^)\s]+)\)$/.exec(part);
-      if (match) {
+    } else if (part.startsWith("[") || part.startsWith("![")) {
+      const image = part.startsWith("!");
+      const match = /^!?\[([^\]]*)\]\(([^)\s]+)\)$/.exec(part);
+      if (match && /^https?:\/\//.test(match[2])) {
         node = document.createElement("a");
         node.href = match[2];
         node.rel = "noopener noreferrer";
         node.target = "_blank";
-        node.textContent = match[1];
+        const label = match[1] || match[2];
+        node.textContent = image ? `image: ${label}` : label;
+        if (image) node.className = "image-link";
       }
     }
     parent.append(node ?? document.createTextNode(part));

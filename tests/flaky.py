@@ -59,3 +59,6 @@ class FlakyLog:
 
     def add_commit_listener(self, listener: Callable[[Sequence[StoredEvent]], None]) -> None:
         self.inner.add_commit_listener(listener)
+
+    async def settle(self) -> None:
+        await self.inner.settle()

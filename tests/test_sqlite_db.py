@@ -196,6 +196,26 @@ async def test_concurrent_writes_commit_as_one_group(db: SqliteDatabase) -> None
     assert len(await thread_ids(db)) == 100
 
 
+async def test_settled_waits_for_the_callbacks_of_every_commit_readers_can_see(
+    db: SqliteDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader sees a commit before its callbacks run; ``settled()`` bridges that moment."""
+    await db.write(insert(1))
+    await asyncio.wait_for(db.settled(), seconds(1))  # nothing pending: at once
+    held: list[tuple[Any, ...]] = []
+    real_deliver = db._deliver
+    monkeypatch.setattr(db, "_deliver", lambda *args: held.append(args))
+    write = asyncio.ensure_future(db.write(insert(2)))
+    await wait_until(lambda: bool(held), message="the group handed to the loop")
+    assert await thread_ids(db) == ["th_1", "th_2"]  # committed: readers see it already
+    waiter = asyncio.ensure_future(db.settled())
+    await asyncio.sleep(MS)
+    assert not waiter.done()  # its callbacks have not run yet
+    real_deliver(*held[0])
+    await asyncio.wait_for(waiter, seconds(1))
+    assert await write == 2
+
+
 async def test_a_failing_op_is_rolled_back_alone(db: SqliteDatabase) -> None:
     def half_then_fail(conn: sqlite3.Connection) -> None:
         insert(2)(conn)

@@ -134,6 +134,43 @@ class GroupWriter:
     stats: WriteStats
     #: Open the writer's connection (WAL mode, migrated).
     _connect_writer: Callable[[], sqlite3.Connection]
+    #: Groups whose COMMIT the writer thread began (counted just before it).
+    _commits_begun: int
+    #: Of those, how many had their outcome handed to the loop (callbacks run).
+    _commits_settled: int
+    #: ``settled()`` callers: (the count they wait for, their future).
+    _settle_waiters: list[tuple[int, asyncio.Future[None]]]
+
+    async def settled(self) -> None:
+        """Wait until every group whose COMMIT has begun has had its callbacks run.
+
+        A reader may see a commit a moment before the event loop runs its
+        ``on_commit`` callbacks (they are handed over after ``COMMIT``
+        returns). A decision that reads state those callbacks maintain — the
+        runner's slots, freed by the terminal event's commit listener — after
+        learning of the commit elsewhere (a status read) awaits this first.
+        Cheap when nothing is pending; never waits for commits begun later.
+        """
+        target = self._commits_begun
+        if self._commits_settled >= target or self._loop is None:
+            return
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._settle_waiters.append((target, waiter))
+        await waiter
+
+    def _mark_settled(self, begun: int) -> None:
+        """On the loop: groups up to ``begun`` have been delivered (or never will be)."""
+        if begun <= self._commits_settled:
+            return
+        self._commits_settled = begun
+        keep: list[tuple[int, asyncio.Future[None]]] = []
+        for target, waiter in self._settle_waiters:
+            if target <= begun:
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                keep.append((target, waiter))
+        self._settle_waiters = keep
 
     @property
     def writer_alive(self) -> bool:
@@ -242,7 +279,7 @@ class GroupWriter:
                         break
                     group.append(cast(WriteOp, item))
                 outcomes, conn = self._run_group(conn, group)
-                _call_soon(loop, self._deliver, group, outcomes)
+                _call_soon(loop, self._deliver, group, outcomes, self._commits_begun)
                 group = []
                 if self._restart_wanted and conn is not None:
                     self._catch_up(conn)
@@ -313,6 +350,7 @@ class GroupWriter:
                     outcomes.append((False, exc))
                 if savepoints:
                     conn.execute(f"RELEASE {_SAVEPOINT}")
+            self._commits_begun += 1  # before COMMIT: a reader may see it from then on
             self._commit(conn)
         except BaseException as exc:
             return self._fail_group(group, exc), self._after_failure(conn)
@@ -346,8 +384,15 @@ class GroupWriter:
                 conn.close()
             return None
 
-    def _deliver(self, group: list[WriteOp], outcomes: list[tuple[bool, Any]]) -> None:
-        """On the event loop: run commit callbacks, then resume each caller, in op order."""
+    def _deliver(
+        self, group: list[WriteOp], outcomes: list[tuple[bool, Any]], begun: int = 0
+    ) -> None:
+        """On the event loop: run commit callbacks, then resume each caller, in op order.
+
+        ``begun`` is the writer's count of begun commits when it handed this
+        group over: every one of them has now been delivered (groups are
+        sequential), which :meth:`settled` waits for.
+        """
         for op, (ok, value) in zip(group, outcomes, strict=True):
             if ok and op.on_commit is not None:
                 try:
@@ -360,6 +405,7 @@ class GroupWriter:
                 op.future.set_result(value)
             else:
                 op.future.set_exception(value)
+        self._mark_settled(begun)
 
     def _writer_died(
         self, q: queue.SimpleQueue[WriteOp | object], in_flight: list[WriteOp], cause: BaseException
@@ -371,6 +417,7 @@ class GroupWriter:
         """
         self.stats.writer_deaths += 1
         self._writer_error = cause
+        self._mark_settled(self._commits_begun)  # no callback of the dead writer will run
         for op in in_flight:
             _fail(
                 op.future,

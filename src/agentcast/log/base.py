@@ -199,3 +199,13 @@ class EventLog(Protocol):
         logged and does not stop delivery.
         """
         ...
+
+    async def settle(self) -> None:
+        """Wait until the commit listeners of every commit already visible have run.
+
+        A database reader (the store) can see a commit a moment before its
+        listeners run on the loop. Who learns of a commit that way and then
+        reads state the listeners maintain awaits this first. A log whose
+        listeners run within the commit returns at once.
+        """
+        ...

@@ -178,6 +178,9 @@ class MemoryLog:
         self._tail.trim(thread_id, cutoff)
         return count
 
+    async def settle(self) -> None:
+        """Nothing to wait for: listeners run within the append (``EventLog.settle``)."""
+
     def add_commit_listener(self, listener: CommitListener) -> None:
         """Run ``listener(events)`` after each commit, before any follower sees the events."""
         self._tail.add_commit_listener(listener)

@@ -265,6 +265,10 @@ class SqliteLog:
         deleted, _ = await self._write(op, on_commit=on_commit)
         return int(deleted)
 
+    async def settle(self) -> None:
+        """Wait until the callbacks of every commit already begun have run (``EventLog.settle``)."""
+        await self._db.settled()
+
     def add_commit_listener(self, listener: CommitListener) -> None:
         """Run ``listener(events)`` after each commit, before any follower sees the events."""
         self._tail.add_commit_listener(listener)

@@ -26,7 +26,7 @@ from typing import Any, Final, Literal
 from ..agents import AgentRegistry, AgentSettings
 from ..bridge import Bridge
 from ..config import EngineSettings
-from ..errors import InvalidInput, NotFound, RunActive, Unavailable
+from ..errors import InvalidInput, LimitExceeded, NotFound, RunActive, Unavailable
 from ..event_size import check_start_message
 from ..events import TERMINAL_TYPES, EventType
 from ..log.base import StoredEvent
@@ -202,7 +202,14 @@ class Runner:
                 thread_id = thread.thread_id
             else:
                 await self.store.check_thread(user_id, thread_id)
-            replaced = self._admission(user_id, thread_id, on_active)
+            try:
+                replaced = self._admission(user_id, thread_id, on_active)
+            except (RunActive, LimitExceeded):
+                # A caller that read a run's end from the store (a status poll) may
+                # be a moment ahead of the commit listener that frees its slots:
+                # let every visible commit's listeners run, then decide for good.
+                await self.bridge.log.settle()
+                replaced = self._admission(user_id, thread_id, on_active)
             info = await self.bridge.info(thread_id)
             record, created = await self.store.create_run(
                 NewRun(new_run_id(), thread_id, user_id, agent, message,

@@ -187,6 +187,19 @@ class ChatAgent:
             f"the model still asked for tools after {self.max_steps} model calls (llm_max_steps)"
         )
 
+    async def write(self, ctx: RunContext, messages: Sequence[Mapping[str, Any]]) -> str:
+        """One model answer to ``messages``, streamed into ``ctx``; no tools offered.
+
+        For agents that decide in code and let a model write: the demo served
+        with ``agentcast serve --llm`` routes its tools itself and asks this for
+        the prose. Text streams as ``text_delta``, reasoning as
+        ``thinking_delta``, usage is reported; the same retries, timeouts and
+        errors as :meth:`run`.
+        """
+        step = await self._step(ctx, self._get_client(), [dict(m) for m in messages], [])
+        ctx.report_usage(step.usage, model=self.model)
+        return step.text
+
     # Private methods
 
     def _get_client(self) -> Any:

@@ -17,22 +17,26 @@ from . import countdown, demo, echo
 __all__ = ["builtin_registry", "register_builtins", "registry"]
 
 
-def register_builtins(registry: AgentRegistry, *, demo_pace: float = 1.0) -> None:
+def register_builtins(
+    registry: AgentRegistry, *, demo_pace: float = 1.0, writer: demo.Writer | None = None
+) -> None:
     """Add every built-in agent and its tools to ``registry``."""
-    demo.register(registry, pace=demo_pace)
+    demo.register(registry, pace=demo_pace, writer=writer)
     echo.register(registry)
     countdown.register(registry)
 
 
-def builtin_registry(*, demo_pace: float = 1.0) -> AgentRegistry:
+def builtin_registry(*, demo_pace: float = 1.0, writer: demo.Writer | None = None) -> AgentRegistry:
     """A new registry with the built-in agents: ``demo`` (and sub-agents), ``echo``, ``countdown``.
 
     Args:
         demo_pace: Scales the demo's pauses between steps (``0`` for tests,
             ``1`` to look live and still finish within about two seconds).
+        writer: A model that writes the demo's answers from its report
+            (``agentcast.llm.ChatAgent``); ``None``: templated prose.
     """
     new = AgentRegistry()
-    register_builtins(new, demo_pace=demo_pace)
+    register_builtins(new, demo_pace=demo_pace, writer=writer)
     return new
 
 

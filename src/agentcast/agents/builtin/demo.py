@@ -4,9 +4,12 @@ The supervisor ``demo`` reads the question, thinks out loud, delegates to
 sub-agents — ``spend_analyst`` (where the money goes), ``savings_advisor``
 (what cheaper models and prompt caching would save) and ``report_writer`` (the
 write-up) — which call real tools over the bundled dataset, then streams the
-answer. No model is involved: routing is keyword-based and the prose is
-templated, so the same question always gives the same numbers, which the
-tests check against their own computation from the CSV.
+answer. By default no model is involved: routing is keyword-based and the
+prose is templated, so the same question always gives the same numbers, which
+the tests check against their own computation from the CSV. With a ``writer``
+(``agentcast serve --llm local|openai``) the routing and the tools stay in code
+— a small model cannot choose tools reliably — and the model writes the
+answer from the report, token by token.
 
 Short pauses between steps make it look live in a browser; with the default
 pace a run takes about 1.5 s, and ``pace=0`` makes it instant for tests.
@@ -17,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from . import spend_data
 from .spend_tools import (
@@ -30,10 +33,34 @@ from .spend_tools import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
     from ..context import RunContext
     from ..registry import AgentRegistry
 
-__all__ = ["CACHE_TARGET", "DEFAULT_SHARE", "Question", "SpendDemo", "parse_question", "register"]
+
+class Writer(Protocol):
+    """Writes one answer to chat messages into a run (``agentcast.llm.ChatAgent.write``)."""
+
+    async def write(self, ctx: RunContext, messages: Sequence[Mapping[str, Any]]) -> str: ...
+
+
+#: What the writer is told; the numbers come only from the report it is given.
+WRITER_PROMPT: Final = (
+    "You are an AI-spend analyst. Answer the user's question in a few short sentences "
+    "using only the facts in the report below; keep every number exactly as written."
+)
+
+__all__ = [
+    "CACHE_TARGET",
+    "DEFAULT_SHARE",
+    "WRITER_PROMPT",
+    "Question",
+    "SpendDemo",
+    "Writer",
+    "parse_question",
+    "register",
+]
 
 DEFAULT_DAYS: Final = 30
 DEFAULT_SHARE: Final = 0.4
@@ -132,8 +159,9 @@ class SpendDemo:
         pace: Multiplies every pause (0 = no pauses).
     """
 
-    def __init__(self, pace: float = 1.0) -> None:
+    def __init__(self, pace: float = 1.0, writer: Writer | None = None) -> None:
         self.pace = pace
+        self.writer = writer
 
     # Agents
 
@@ -190,6 +218,15 @@ class SpendDemo:
         report = await ctx.delegate(
             "report_writer", f'Write a report titled "{title}" with these findings:\n{bullets}'
         )
+        if self.writer is not None:
+            await ctx.think("Report drafted; the model writes the answer.", progress=0.9)
+            return await self.writer.write(
+                ctx,
+                [
+                    {"role": "system", "content": WRITER_PROMPT},
+                    {"role": "user", "content": f"Question: {ctx.message}\n\nReport:\n{report}"},
+                ],
+            )
         await ctx.think("Report drafted; sending the answer.", progress=0.9)
         await self._stream(ctx, report)
         return report
@@ -311,9 +348,11 @@ def _caching_savings_text(result: dict[str, Any]) -> str:
     )
 
 
-def register(registry: AgentRegistry, *, pace: float = 1.0) -> SpendDemo:
-    """Add ``demo``, its sub-agents and their tools to ``registry``."""
-    agents = SpendDemo(pace)
+def register(
+    registry: AgentRegistry, *, pace: float = 1.0, writer: Writer | None = None
+) -> SpendDemo:
+    """Add ``demo``, its sub-agents and their tools; ``writer`` writes the demo's answers."""
+    agents = SpendDemo(pace, writer)
     registry.register(agents.demo, name="demo")  # its sub-agents hold the tools
     registry.register(agents.spend_analyst, name="spend_analyst", tools=SPEND_TOOLS[:2])
     registry.register(agents.savings_advisor, name="savings_advisor", tools=SPEND_TOOLS[2:4])

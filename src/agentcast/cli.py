@@ -140,6 +140,16 @@ def serve(
             "random key of the data directory and write a dev token for the CLI and page.",
         ),
     ] = False,
+    llm: Annotated[
+        Literal["local", "openai"] | None,
+        typer.Option(
+            "--llm",
+            help="Let a model write the demo's answers: local (SmolLM2-135M via llama.cpp; "
+            "make local-model installs it) or openai (OPENAI_BASE_URL, OPENAI_API_KEY, "
+            "AGENTCAST_LLM_MODEL; any OpenAI-compatible server).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve the gateway: WebSocket, HTTP API, SSE, web page, health and metrics.
 
@@ -181,9 +191,25 @@ def serve(
             console.print(f"  (saved to {info.token_path} for the CLI)")
         console.print('  try             agentcast run "where can we save money?"')
 
+    registry = None
+    if llm is not None:
+        if settings.agents:
+            fail("--llm writes the built-in demo's answers; with --agents the demo is not served")
+        from .agents import builtin_registry
+        from .llm.writers import demo_writer
+
+        try:
+            registry = builtin_registry(writer=demo_writer(llm, settings.nested()))
+        except ImportError as exc:
+            fail(str(exc))
     try:
         orderly = run_server(
-            settings, ready=ready, log_level=log_level, access_log=access_log, dev=dev
+            settings,
+            registry,
+            ready=ready,
+            log_level=log_level,
+            access_log=access_log,
+            dev=dev,
         )
     except DataDirLocked as exc:
         fail(f"data directory is locked: {exc.message}")

@@ -200,7 +200,7 @@ def serve(
 
         try:
             registry = builtin_registry(writer=demo_writer(llm, settings.nested()))
-        except ImportError as exc:
+        except (ImportError, FileNotFoundError) as exc:  # the extra or the model wheel
             fail(str(exc))
     try:
         orderly = run_server(

@@ -51,7 +51,7 @@ from typing import Any, Final
 from ..agents.sanitize import sanitize_text
 from ..settings import AgentcastSettings, LlmSection
 from .chat_agent import ChatAgent
-from .errors import LlmProviderError, LlmRateLimited
+from .errors import LlmError, LlmProviderError, LlmRateLimited
 
 __all__ = [
     "INSTALL_MODEL",
@@ -94,8 +94,12 @@ _CREDIT_POLL_S: Final = 0.05
 _MAX_ERROR_TEXT: Final = 200
 
 
-class LocalModelNotInstalled(FileNotFoundError):
-    """The model file (or its distribution) is not installed; the message says how."""
+class LocalModelNotInstalled(LlmError, FileNotFoundError):
+    """The model file (or its distribution) is not installed; the message says how.
+
+    An agentcast error like every other (code ``internal`` if it ends a run),
+    and a ``FileNotFoundError`` for callers that treat it as the missing file it is.
+    """
 
 
 def locate_model(distribution: str = MODEL_DISTRIBUTION) -> Path:

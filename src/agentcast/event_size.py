@@ -26,7 +26,6 @@ from .events import encode_envelope, encode_payload
 
 __all__ = [
     "MAX_SEQ",
-    "STARTED_ENVELOPE_BYTES",
     "check_event_size",
     "check_start_message",
     "envelope_bytes",
@@ -110,26 +109,28 @@ def check_event_size(
         )
 
 
-#: Bytes an ``agent_started`` envelope adds to its payload, at most: four ids and
-#: an agent name of 256 characters each (6 bytes a character at worst would be
-#: more, but ids and names are ASCII), the widest seq and timestamp.
-STARTED_ENVELOPE_BYTES: Final = _ENVELOPE_BASE + 5 * 256
+#: The widest id or agent name an envelope can carry (``events.Name``): the
+#: ids of a run not yet created are measured at this width.
+_WIDEST_NAME: Final = "x" * 256
 
 
 def check_start_message(message: str, max_event_bytes: int) -> None:
     """Refuse a run (or sub-run) whose ``agent_started`` could not be appended.
 
     The run's input travels in its ``agent_started``; checked before the run
-    exists, a run never starts whose first event the bridge would refuse (it
-    would then end without a start, breaking the one-story rule).
+    exists (its ids measured at their widest), a run never starts whose first
+    event the bridge would refuse: it would then end without a start,
+    breaking the one-story rule.
 
     Raises:
         EventTooLarge: the message is too large for ``max_event_bytes``.
     """
     payload = encode_payload("agent_started", {"message": message})
-    size = len(payload) + STARTED_ENVELOPE_BYTES
-    if size > max_event_bytes:
-        raise EventTooLarge(
-            f"message too large: its agent_started event would be about {size} bytes, over "
-            f"max_event_bytes ({max_event_bytes}, AGENTCAST_MAX_EVENT_BYTES)"
-        )
+    try:
+        check_event_size(
+            payload, max_event_bytes, event_type="agent_started", event_id=_WIDEST_NAME,
+            thread_id=_WIDEST_NAME, run_id=_WIDEST_NAME, parent_run_id=_WIDEST_NAME,
+            agent=_WIDEST_NAME, ts=_WIDEST_TS,
+        )  # fmt: skip
+    except EventTooLarge as exc:
+        raise EventTooLarge(f"message too large: {exc.message}") from None

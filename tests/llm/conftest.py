@@ -19,11 +19,15 @@ scenario queued (it was answered 500 with ``x-should-retry: false``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
+import openai
 import pytest
 
 from tests.llm.replay import ReplayServer
+
+#: The key the agents' tests give the SDK; it must never reach a user.
+MODEL_KEY = "sk-test-secret-key-0123456789"
 
 
 @pytest.fixture
@@ -41,3 +45,20 @@ def replay_server() -> Iterator[ReplayServer]:
             f"replay server: {len(unscripted)} request(s) with no scenario queued "
             f"(first messages: {unscripted[0].messages!r})"
         )
+
+
+@pytest.fixture
+def backend() -> str:
+    """The memory log only: what is tested here is the agent, not the log."""
+    return "memory"
+
+
+@pytest.fixture
+async def model_client(replay_server: ReplayServer) -> AsyncIterator[openai.AsyncOpenAI]:
+    """The SDK's client for the replay server (``verify=False``: no 0.1 s SSL setup)."""
+    async with openai.AsyncOpenAI(
+        base_url=replay_server.base_url,
+        api_key=MODEL_KEY,
+        http_client=openai.DefaultAsyncHttpxClient(verify=False),
+    ) as client:
+        yield client

@@ -50,7 +50,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
-from tests.utils import seconds
+from tests.utils import seconds, wait_until
 
 # --- steps --------------------------------------------------------------------------
 
@@ -733,12 +733,9 @@ class ReplayServer:
         what: str = "condition",
     ) -> None:
         """Poll ``predicate(self)`` from any loop until true; AssertionError after ``timeout``."""
-        timeout = seconds(5.0) if timeout is None else timeout
-        deadline = time.monotonic() + timeout
-        while not predicate(self):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"replay server: timed out after {timeout:g}s: {what}")
-            await asyncio.sleep(0.002)
+        await wait_until(
+            lambda: predicate(self), timeout, interval=0.002, message=f"replay server: {what}"
+        )
 
     def wait_for_sync(
         self,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -43,23 +43,6 @@ from tests.runner.helpers import thread_events, wait_run
 from tests.utils import seconds
 
 USER = "alice"
-
-
-@pytest.fixture
-def backend() -> str:
-    """The memory log only: what is tested here is the agent, not the log."""
-    return "memory"
-
-
-@pytest.fixture
-async def model_client(replay_server: ReplayServer) -> AsyncIterator[openai.AsyncOpenAI]:
-    """The SDK's client for the replay server (``verify=False``: no 0.1 s SSL setup)."""
-    async with openai.AsyncOpenAI(
-        base_url=replay_server.base_url,
-        api_key="sk-test-secret-key-0123456789",
-        http_client=openai.DefaultAsyncHttpxClient(verify=False),
-    ) as client:
-        yield client
 
 
 @tool

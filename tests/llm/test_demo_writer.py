@@ -6,10 +6,7 @@ report and writes the answer, streamed like any model answer.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import openai
-import pytest
 
 from agentcast.agents import builtin_registry
 from agentcast.agents.builtin.demo import WRITER_PROMPT
@@ -18,21 +15,6 @@ from agentcast.settings import LlmSection
 from tests.conftest import EngineFactory
 from tests.llm.replay import ReplayServer, reply
 from tests.runner.helpers import thread_events, wait_run
-
-
-@pytest.fixture
-def backend() -> str:
-    return "memory"
-
-
-@pytest.fixture
-async def model_client(replay_server: ReplayServer) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(
-        base_url=replay_server.base_url,
-        api_key="k",
-        http_client=openai.DefaultAsyncHttpxClient(verify=False),
-    ) as client:
-        yield client
 
 
 async def test_the_model_writes_the_demos_answer_from_its_report(

@@ -63,12 +63,6 @@ def require_local_model() -> None:
     pytest.skip(f"the local model is not installed: {why}")
 
 
-@pytest.fixture
-def backend() -> str:
-    """The memory log only: what is tested here is the model behind the agent."""
-    return "memory"
-
-
 @pytest.fixture(scope="module")
 def local_model() -> Iterator[LocalModel]:
     """One model for the module (loaded once, by its worker, on the first generation)."""

@@ -266,6 +266,7 @@ def test_settings_command_shows_values_origins_and_masks_secrets() -> None:
         "AGENTCAST_JWT_PUBLIC_KEY": "-----BEGIN PUBLIC KEY-----abc",
         "AGENTCAST_RUN_TIMEOUT_S": "12",
         "AGENTCAST_PORT": "7000",
+        "AGENTCAST_DATABASE_URL": "postgresql://app:pg-pass-123@db:5432/agentcast",
     }
     result = CliRunner().invoke(
         app, ["settings", "--port", "9001", "--log-backend", "memory"], env=env
@@ -273,6 +274,7 @@ def test_settings_command_shows_values_origins_and_masks_secrets() -> None:
     assert result.exit_code == 0, result.output
     assert "s3cret-value" not in result.output
     assert "BEGIN PUBLIC KEY" not in result.output
+    assert "pg-pass-123" not in result.output
     lines = _lines(result.output)
     assert set(lines) == {env_name(name) for name in FIELDS}
     assert lines["AGENTCAST_JWT_SECRET"] == ("***", "environment")
@@ -282,6 +284,10 @@ def test_settings_command_shows_values_origins_and_masks_secrets() -> None:
     assert lines["AGENTCAST_LOG_BACKEND"] == ("memory", "flag")
     assert lines["AGENTCAST_HOST"] == ("127.0.0.1", "default")
     assert lines["AGENTCAST_JWKS_URL"] == ("(unset)", "default")
+    assert lines["AGENTCAST_DATABASE_URL"] == (
+        "postgresql://app:***@db:5432/agentcast",
+        "environment",
+    )
     for section in SECTIONS:
         assert f"[{section}]" in result.output
 

@@ -107,7 +107,8 @@ def settings_command(
     """
     # The flags deliberately have no envvar= (unlike serve's): a value read
     # from the environment must be reported as "environment", not "flag".
-    from .settings import SECTIONS, InvalidSetting, env_name, is_secret, load_settings
+    from .dsn import mask_dsn
+    from .settings import SECTIONS, InvalidSetting, env_name, is_dsn, is_secret, load_settings
 
     try:
         model, origins = load_settings(
@@ -125,5 +126,10 @@ def settings_command(
         values = getattr(model, section)
         for name in section_model.model_fields:
             value = getattr(values, name)
-            shown = "***" if is_secret(name) and value is not None else show(value)
+            if is_secret(name) and value is not None:
+                shown = "***"
+            elif is_dsn(name) and isinstance(value, str):
+                shown = mask_dsn(value)
+            else:
+                shown = show(value)
             typer.echo(f"  {env_name(name)}={shown}  ({origins[name]})")

@@ -81,6 +81,20 @@ class EngineSettings:
     #: Retention: keep at most this many events per thread (``None``: no bound).
     retention_max_events: int | None = _d("retention_max_events")
     retention_interval_s: float = _d("retention_interval_s")
+    #: PostgreSQL instead of SQLite for the log and the store (``None``: SQLite).
+    database_url: str | None = _d("database_url")
+    pg_pool_max_size: int = _d("pg_pool_max_size")
+    pg_head_check_interval_s: float = _d("pg_head_check_interval_s")
+    pg_connect_timeout_s: float = _d("pg_connect_timeout_s")
+
+    def __repr__(self) -> str:
+        """Every field, the database URL's password masked."""
+        from .dsn import mask_dsn
+
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.database_url is not None:
+            shown["database_url"] = mask_dsn(self.database_url)
+        return "EngineSettings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
     def __post_init__(self) -> None:
         # Validate (and coerce: "5" -> 5, str -> Path) with the model's rules.

@@ -65,6 +65,7 @@ __all__ = [
     "default_of",
     "env_name",
     "field_info",
+    "is_dsn",
     "is_secret",
     "load_settings",
     "read_env",
@@ -142,6 +143,18 @@ class LogSection(BaseModel):
     retention_max_events: Limit | None = None
     #: How often the retention sweep runs (only when a retention bound is set).
     retention_interval_s: Seconds = 60.0
+    #: ``postgresql://user:password@host:port/db?sslmode=…``: PostgreSQL holds the log
+    #: and the store instead of the data directory's SQLite database (unset: SQLite).
+    #: Shown with its password masked (:func:`agentcast.dsn.mask_dsn`).
+    database_url: str | None = Field(default=None, json_schema_extra={"dsn": True})
+    #: Connections of the PostgreSQL pool (reads and the store), beside the writer's
+    #: and the listener's own connection.
+    pg_pool_max_size: Limit = 10
+    #: How often each process checks the heads of the threads it follows, so that a
+    #: lost notification delays an event by at most this long.
+    pg_head_check_interval_s: Seconds = 1.0
+    #: Connecting to PostgreSQL (each attempt) gives up after this long.
+    pg_connect_timeout_s: Seconds = 10.0
 
 
 class GatewaySection(BaseModel):
@@ -286,6 +299,12 @@ def default_of(name: str) -> Any:
     return field_info(name).get_default(call_default_factory=True)
 
 
+def is_dsn(name: str) -> bool:
+    """Whether ``name`` holds a database URL (shown with its password masked)."""
+    extra = field_info(name).json_schema_extra
+    return isinstance(extra, dict) and extra.get("dsn") is True
+
+
 def is_secret(name: str) -> bool:
     """Whether ``name`` holds a secret (never printed)."""
     extra = field_info(name).json_schema_extra
@@ -303,7 +322,14 @@ def _adapter(name: str) -> TypeAdapter[Any]:
 
 def _problem(name: str, message: str, value: Any) -> str:
     """One field's complaint: its name, its variable, the rule and (unless secret) the value."""
-    got = "***" if is_secret(name) else repr(value)
+    if is_secret(name):
+        got = "***"
+    elif is_dsn(name) and isinstance(value, str):
+        from .dsn import mask_dsn
+
+        got = repr(mask_dsn(value))
+    else:
+        got = repr(value)
     return f"{name} ({env_name(name)}): {message}, got {got}"
 
 

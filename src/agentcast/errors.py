@@ -35,7 +35,7 @@ The exception tree (``code`` is the row of :data:`ERRORS` it answers with)::
         ├── ToolError* → ToolTimeout*, SubRunFailed*, SubRunCancelled*  (agents.exceptions)
         ├── ServeError*                the server could not start (gateway.server)
         ├── LlmError* → LlmFirstTokenTimeout*, LlmChunkTimeout*, LlmBadStream*,
-        │   LlmMaxSteps*, LlmConnectionError*, LlmProviderError* → LlmRateLimited*  (llm.errors),
+        │   LlmMaxSteps*, LlmOutputTruncated*, LlmConnectionError*, LlmProviderError* → LlmRateLimited*  (llm.errors),
         │   LocalModelNotInstalled*  (llm.local; also a FileNotFoundError)
         └── ClientError                what the Python client raises: a wire code,
                                        or one of its own (disconnected, timeout, …)

@@ -355,13 +355,69 @@ async def test_the_key_never_reaches_the_user_in_an_error(
 async def test_first_token_timeout(
     make_engine: EngineFactory, replay_server: ReplayServer, model_client: openai.AsyncOpenAI
 ) -> None:
-    replay_server.queue(scenario(delay(seconds(5)), text("late"), stop(), role_chunk=False))
-    agent = chat(model_client, first_token_timeout_s=seconds(0.2))
+    late = scenario(delay(seconds(5)), text("late"), stop(), role_chunk=False)
+    replay_server.queue(late, late)
+    agent = chat(model_client, first_token_timeout_s=seconds(0.2), max_retries=1)
     _, _, events = await run(make_engine, agent)
     assert types_of(events) == ["agent_started", "agent_error"]
     assert events[-1].data["error_type"] == "LlmFirstTokenTimeout"
     assert "llm_first_token_timeout_s" in events[-1].data["message"]
-    assert (await replay_server.wait_done(0, timeout=seconds(2.0))).abandoned
+    assert "after 2 attempts" in events[-1].data["message"]
+    for attempt in (0, 1):
+        assert (await replay_server.wait_done(attempt, timeout=seconds(2.0))).abandoned
+
+
+async def test_a_first_token_timeout_is_retried_and_the_answer_sent_once(
+    make_engine: EngineFactory, replay_server: ReplayServer, model_client: openai.AsyncOpenAI
+) -> None:
+    replay_server.queue(
+        scenario(delay(seconds(5)), text("late"), stop(), role_chunk=False), reply("in time")
+    )
+    agent = chat(model_client, first_token_timeout_s=seconds(0.3), max_retries=1)
+    _, record, events = await run(make_engine, agent)
+    assert compact(types_of(events)) == ["agent_started", "text_delta", "agent_completed"]
+    assert joined(events, "text_delta") == record.output == "in time"
+    first, second = replay_server.completions
+    assert first.abandoned
+    assert first.body == second.body
+
+
+async def test_an_answer_cut_at_max_tokens_completes_and_says_so(
+    make_engine: EngineFactory, replay_server: ReplayServer, model_client: openai.AsyncOpenAI
+) -> None:
+    replay_server.queue(reply("The answer is cut", finish_reason="length"))
+    _, record, events = await run(make_engine, chat(model_client))
+    assert compact(types_of(events)) == [
+        "agent_started",
+        "text_delta",
+        "agent_thinking",
+        "agent_completed",
+    ]
+    assert joined(events, "text_delta") == record.output == "The answer is cut"
+    assert "output limit (max_tokens)" in events[-2].data["reasoning"]
+
+
+async def test_tool_calls_cut_at_max_tokens_are_not_run(
+    make_engine: EngineFactory, replay_server: ReplayServer, model_client: openai.AsyncOpenAI
+) -> None:
+    ran: list[str] = []
+
+    @tool(name="get_weather")
+    async def weather(city: str) -> str:
+        """The weather in a city."""
+        ran.append(city)
+        return "clear"
+
+    replay_server.queue(
+        scenario(
+            tool_calls([("call_1", "get_weather", '{"city": "Par')], finish_reason="length"),
+            usage(5, 5),
+        )
+    )
+    _, _, events = await run(make_engine, chat(model_client, tools=[weather]))
+    assert types_of(events) == ["agent_started", "agent_error"]
+    assert events[-1].data["error_type"] == "LlmOutputTruncated"
+    assert ran == []
 
 
 async def test_chunk_timeout_after_a_stall(

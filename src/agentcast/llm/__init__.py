@@ -19,6 +19,7 @@ from .errors import (
     LlmError,
     LlmFirstTokenTimeout,
     LlmMaxSteps,
+    LlmOutputTruncated,
     LlmProviderError,
     LlmRateLimited,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "LlmError",
     "LlmFirstTokenTimeout",
     "LlmMaxSteps",
+    "LlmOutputTruncated",
     "LlmProviderError",
     "LlmRateLimited",
     "LocalClient",

@@ -12,10 +12,10 @@ user's guide; the failure classes are in :mod:`agentcast.llm.errors`.
 
 Retries. The SDK's own retries are off (``max_retries=0``): only this loop
 knows whether an attempt already reached the user. An attempt that emitted
-nothing (no text, no reasoning) is retried on 408/409/429/5xx and
-connection errors, waiting as ``retry-after-ms``/``Retry-After`` says
-(else exponential backoff); once anything was emitted an error ends the run,
-so no text is ever sent twice.
+nothing (no text, no reasoning) is retried on 408/409/429/5xx, connection
+errors and either stream timeout, waiting as ``retry-after-ms``/``Retry-After``
+says (else exponential backoff); once anything was emitted an error ends the
+run, so no text is ever sent twice.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from .errors import (
     LlmError,
     LlmFirstTokenTimeout,
     LlmMaxSteps,
+    LlmOutputTruncated,
     describe_provider_error,
     is_retryable,
 )
@@ -170,6 +171,7 @@ class ChatAgent:
         for number in range(1, self.max_steps + 1):
             step = await self._step(ctx, client, self._messages(ctx, turns), tools)
             ctx.report_usage(step.usage, model=self.model)
+            await _note_length(ctx, step)
             if not step.calls:
                 return step.text
             if number == self.max_steps:
@@ -198,6 +200,7 @@ class ChatAgent:
         """
         step = await self._step(ctx, self._get_client(), [dict(m) for m in messages], [])
         ctx.report_usage(step.usage, model=self.model)
+        await _note_length(ctx, step)
         return step.text
 
     # Private methods
@@ -238,6 +241,14 @@ class ChatAgent:
             reader = StepReader(ctx.say, ctx.think_stream)
             try:
                 return await self._attempt(client, request, reader)
+            except (LlmFirstTokenTimeout, LlmChunkTimeout) as exc:
+                # Silence before anything reached the user is worth another attempt
+                # (an overloaded provider queues requests); after output it is not.
+                if reader.emitted or attempt >= self.max_retries:
+                    if attempt:
+                        raise type(exc)(f"{exc.message} after {attempt + 1} attempts") from None
+                    raise
+                wait = _retry_wait(exc, attempt)
             except LlmError:
                 raise
             except Exception as exc:
@@ -246,8 +257,9 @@ class ChatAgent:
                     raise describe_provider_error(
                         exc, api_key=self._api_key, during=during, attempts=attempt + 1
                     ) from None
-                await asyncio.sleep(_retry_wait(exc, attempt))
-                attempt += 1
+                wait = _retry_wait(exc, attempt)
+            await asyncio.sleep(wait)
+            attempt += 1
 
     async def _attempt(
         self, client: Any, request: dict[str, Any], reader: StepReader
@@ -347,6 +359,26 @@ def _hand_over(ctx: RunContext, agent: str, purpose: str) -> ToolSpec[..., Any]:
     if purpose:
         description += f" It {purpose}" if purpose[0].islower() else f" {purpose}"
     return tool(name=agent, description=description)(hand_over)
+
+
+async def _note_length(ctx: RunContext, step: StepResult) -> None:
+    """Make a step cut at the model's output limit (``finish_reason: "length"``) visible.
+
+    Text cut short is still the model's answer: the run goes on, and the user is
+    told in an ``agent_thinking`` step. Tool calls cut short may have half their
+    arguments, and running a guess is worse than failing: the run fails.
+
+    Raises:
+        LlmOutputTruncated: the step has tool calls.
+    """
+    if step.finish_reason != "length":
+        return
+    if step.calls:
+        raise LlmOutputTruncated(
+            "the model reached its output limit (max_tokens) while writing tool calls; "
+            "they were not run"
+        )
+    await ctx.think("The model reached its output limit (max_tokens): the answer is cut short.")
 
 
 def _name_calls(calls: Sequence[AssembledCall]) -> None:

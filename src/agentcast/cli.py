@@ -144,9 +144,11 @@ def serve(
         Literal["local", "openai"] | None,
         typer.Option(
             "--llm",
-            help="Let a model write the demo's answers: local (SmolLM2-135M via llama.cpp; "
-            "make local-model installs it) or openai (OPENAI_BASE_URL, OPENAI_API_KEY, "
-            "AGENTCAST_LLM_MODEL; any OpenAI-compatible server).",
+            help="Let a model write the demo's answers and serve the assistant agent (the "
+            "model chooses the demo's tools): local (SmolLM2-135M via llama.cpp, make "
+            "local-model installs it; there the assistant has no tools) or openai "
+            "(OPENAI_BASE_URL, OPENAI_API_KEY, AGENTCAST_LLM_MODEL; any OpenAI-compatible "
+            "server).",
             show_default=False,
         ),
     ] = None,
@@ -190,16 +192,22 @@ def serve(
             console.print(f"  dev token       {info.token}", soft_wrap=True)
             console.print(f"  (saved to {info.token_path} for the CLI)")
         console.print('  try             agentcast run "where can we save money?"')
+        if llm == "openai":  # the assistant whose model chooses the tools
+            console.print(
+                '                  agentcast run "which team spends the most?" --agent assistant'
+            )
 
     registry = None
     if llm is not None:
         if settings.agents:
             fail("--llm writes the built-in demo's answers; with --agents the demo is not served")
         from .agents import builtin_registry
-        from .llm.writers import demo_writer
+        from .llm.writers import assistant_agent, demo_writer
 
         try:
-            registry = builtin_registry(writer=demo_writer(llm, settings.nested()))
+            nested = settings.nested()
+            registry = builtin_registry(writer=demo_writer(llm, nested))
+            registry.register(assistant_agent(llm, nested))
         except (ImportError, FileNotFoundError) as exc:  # the extra or the model wheel
             fail(str(exc))
     try:

@@ -87,8 +87,10 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_S
+def _wait_healthy(
+    url: str, process: subprocess.Popen[bytes], log: Path, startup_s: float = STARTUP_S
+) -> None:
+    deadline = time.monotonic() + startup_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             pytest.fail(f"agentcast serve exited with {process.returncode}:\n{log.read_text()}")
@@ -96,33 +98,38 @@ def _wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None
             if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
                 return
         time.sleep(0.05)
-    pytest.fail(f"agentcast serve did not answer /healthz within {STARTUP_S}s:\n{log.read_text()}")
+    pytest.fail(f"agentcast serve did not answer /healthz within {startup_s}s:\n{log.read_text()}")
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One ``python -m agentcast serve`` for the session, stopped with SIGTERM afterwards."""
-    data_dir = tmp_path_factory.mktemp("web-data")
+@contextlib.contextmanager
+def serve(
+    data_dir: Path, *args: str, env: dict[str, str] | None = None, startup_s: float = STARTUP_S
+) -> Iterator[Server]:
+    """Run ``python -m agentcast serve --dev ARGS`` until the block ends (then SIGTERM).
+
+    ``env`` is added to this process's environment: the ``--llm openai`` pages
+    point the server's model client at a replay server with ``OPENAI_BASE_URL``.
+    """
     log = data_dir / "serve.log"
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "agentcast", "serve", "--dev", "--port", str(port)]
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    command = [sys.executable, "-m", "agentcast", "serve", "--dev", "--port", str(port), *args]
     with log.open("wb") as out:
         process = subprocess.Popen(
             [*command, "--data-dir", str(data_dir)],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=env,
+            env=full_env,
         )
     try:
-        _wait_healthy(url, process, log)
+        _wait_healthy(url, process, log, startup_s)
         token = (data_dir / "dev-token").read_text().strip()
         other = subprocess.run(
             [*command[:3], "token", "--user", "other", "--data-dir", str(data_dir)],
             capture_output=True,
             text=True,
-            env=env,
+            env=full_env,
             timeout=30,
             check=True,
         )
@@ -134,6 +141,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One ``python -m agentcast serve`` for the session, stopped with SIGTERM afterwards."""
+    with serve(tmp_path_factory.mktemp("web-data")) as running:
+        yield running
 
 
 def require_playwright() -> None:

@@ -220,10 +220,13 @@ class SpendDemo:
         )
         if self.writer is not None:
             await ctx.think("Report drafted; the model writes the answer.", progress=0.9)
+            # The thread's earlier turns sit between the prompt and the new question,
+            # so a follow-up ("and last week?") can refer to what was said before.
             return await self.writer.write(
                 ctx,
                 [
                     {"role": "system", "content": WRITER_PROMPT},
+                    *ctx.history,
                     {"role": "user", "content": f"Question: {ctx.message}\n\nReport:\n{report}"},
                 ],
             )

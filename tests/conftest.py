@@ -9,6 +9,7 @@ and (2) scale pytest-timeout's per-test timeouts by ``AGENTCAST_TEST_TIME_SCALE`
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -21,6 +22,10 @@ from agentcast.agents import AgentRegistry, builtin_registry
 from agentcast.config import EngineSettings
 from agentcast.engine import Engine
 from tests.gateway.ws_support import LiveServer, ServerFactory, ws_servers
+from tests.pg_support import (  # the fixture, for every test module
+    drop_shared_database,
+    pg_url,  # noqa: F401
+)
 from tests.utils import SCALE
 
 REQUIRE_SERVICES = os.environ.get("AGENTCAST_REQUIRE_SERVICES") == "1"
@@ -120,6 +125,11 @@ def _scale_timeout_marker(item: pytest.Item) -> None:
     if not timeout:  # None or 0: no timeout, nothing to scale
         return
     item.add_marker(pytest.mark.timeout(float(timeout) * SCALE, *rest, **kwargs), append=False)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Drop the session's PostgreSQL test database (tests.pg_support), if one was made."""
+    asyncio.run(drop_shared_database())
 
 
 def pytest_report_header(config: pytest.Config) -> str:

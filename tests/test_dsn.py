@@ -49,3 +49,12 @@ def test_a_bad_database_setting_never_echoes_the_password() -> None:
     with pytest.raises(InvalidSetting) as info:
         load_settings(database_url="postgresql://app:s3cret@db/x", pg_pool_max_size=0)
     assert "s3cret" not in str(info.value)
+
+
+def test_a_database_url_must_be_postgres_and_not_beside_the_memory_log() -> None:
+    with pytest.raises(InvalidSetting) as info:
+        load_settings(database_url="mysql://app:s3cret@db/x")
+    assert "postgresql://" in str(info.value)
+    assert "s3cret" not in str(info.value)
+    with pytest.raises(InvalidSetting, match="contradict"):
+        load_settings(database_url="postgresql://db/x", log_backend="memory")

@@ -120,7 +120,9 @@ def _agentcast_exceptions() -> set[type[BaseException]]:
         for sub in cls.__subclasses__():
             if sub not in found:
                 todo.append(sub)
-                if sub.__module__.split(".")[0] == "agentcast":
+                # A private class is one module's control flow and never leaves it
+                # (agentcast.db.postgres's group retry and outage signals).
+                if sub.__module__.split(".")[0] == "agentcast" and not sub.__name__.startswith("_"):
                     found.add(sub)
     return found
 

@@ -269,7 +269,7 @@ def test_settings_command_shows_values_origins_and_masks_secrets() -> None:
         "AGENTCAST_DATABASE_URL": "postgresql://app:pg-pass-123@db:5432/agentcast",
     }
     result = CliRunner().invoke(
-        app, ["settings", "--port", "9001", "--log-backend", "memory"], env=env
+        app, ["settings", "--port", "9001", "--log-backend", "sqlite"], env=env
     )
     assert result.exit_code == 0, result.output
     assert "s3cret-value" not in result.output
@@ -281,7 +281,7 @@ def test_settings_command_shows_values_origins_and_masks_secrets() -> None:
     assert lines["AGENTCAST_JWT_PUBLIC_KEY"] == ("***", "environment")
     assert lines["AGENTCAST_RUN_TIMEOUT_S"] == ("12.0", "environment")
     assert lines["AGENTCAST_PORT"] == ("9001", "flag")  # the flag wins over the environment
-    assert lines["AGENTCAST_LOG_BACKEND"] == ("memory", "flag")
+    assert lines["AGENTCAST_LOG_BACKEND"] == ("sqlite", "flag")
     assert lines["AGENTCAST_HOST"] == ("127.0.0.1", "default")
     assert lines["AGENTCAST_JWKS_URL"] == ("(unset)", "default")
     assert lines["AGENTCAST_DATABASE_URL"] == (

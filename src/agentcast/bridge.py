@@ -46,6 +46,8 @@ logger = logging.getLogger(__name__)
 HEALTH_THREAD: Final = f"{HEALTH_THREAD_PREFIX}_health__"
 _HEALTH_RUN: Final = "__health__"
 _CANARY_KEEP: Final = 64
+#: Above this share of PostgreSQL's notification queue in use, ``/readyz`` and the log warn.
+NOTIFY_QUEUE_WARN: Final = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,8 @@ class HealthReport:
     latency_ms: float | None
     detail: str
     checked_at: float
+    #: PostgreSQL only: ``pg_notification_queue_usage()`` (0 to 1) at the probe.
+    notification_queue_usage: float | None = None
 
 
 class Bridge:
@@ -270,9 +274,31 @@ class Bridge:
             self.metrics.health_checks.labels(result="success").inc()
             for source in [s for s in self._faults if s == "probe" or s.startswith("task:")]:
                 self._clear_fault(source)
-            report = HealthReport(True, self.state, latency, "ok", time.time())
+            report = HealthReport(
+                True, self.state, latency, "ok", time.time(), await self._queue_usage()
+            )
         self.last_report = report
         return report
+
+    async def _queue_usage(self) -> float | None:
+        """The shared database's notification queue use, for logs that notify through one.
+
+        Every append of a PostgreSQL log notifies; once the queue is full (a
+        listener somewhere stopped reading) every append fails, so its use is
+        watched before that happens. ``None`` for other logs or when it cannot be read.
+        """
+        usage_of = getattr(self.log, "notification_queue_usage", None)
+        if usage_of is None:
+            return None
+        try:
+            usage = float(await usage_of())
+        except Exception as exc:  # the probe itself passed: report, do not fault
+            logger.warning("cannot read the notification queue usage: %r", exc)
+            return None
+        self.metrics.notification_queue_usage.set(usage)
+        if usage > NOTIFY_QUEUE_WARN:
+            logger.warning("PostgreSQL's notification queue is %.0f %% full", usage * 100)
+        return usage
 
     async def _probe(self) -> None:
         info = await self.log.info(HEALTH_THREAD)

@@ -38,7 +38,7 @@ from .cli_common import (
     show,
 )
 from .config import EngineSettings
-from .errors import DataDirLocked
+from .errors import DataDirLocked, RunnerLocked
 from .events import EventType, decode_event
 from .gateway.settings import GatewaySettings
 
@@ -123,6 +123,16 @@ def serve(
             envvar="AGENTCAST_SQLITE_SYNCHRONOUS",
         ),
     ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url",
+            help="PostgreSQL (postgresql://…) as the log and store instead of SQLite; "
+            "create its schema first with agentcast db upgrade.",
+            envvar="AGENTCAST_DATABASE_URL",
+            show_default=False,
+        ),
+    ] = None,
     shutdown_grace: Annotated[
         float | None,
         typer.Option(
@@ -171,6 +181,7 @@ def serve(
         agents=agents,
         log_backend=log_backend,
         sqlite_synchronous=sqlite_synchronous,
+        database_url=database_url,
         shutdown_grace_s=shutdown_grace,
     )
     # Like uvicorn: --agents myapp.agents:registry imports from the current directory.
@@ -186,6 +197,8 @@ def serve(
                 "Not for production.[/]"
             )
         console.print(f"[bold green]agentcast {__version__}[/] serving on {info.url}")
+        if info.database is not None:
+            console.print(f"  database        {info.database}")
         console.print(f"  data directory  {info.data_dir}")
         console.print(f"  open            {info.open_url}", soft_wrap=True)
         if info.token is not None:
@@ -219,6 +232,8 @@ def serve(
             access_log=access_log,
             dev=dev,
         )
+    except RunnerLocked as exc:
+        fail(exc.message)
     except DataDirLocked as exc:
         fail(f"data directory is locked: {exc.message}")
     except ServeError as exc:

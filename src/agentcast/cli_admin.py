@@ -18,7 +18,7 @@ from .errors import DataDirLocked
 if TYPE_CHECKING:
     from .db.sqlite import SqliteDatabase
 
-__all__ = ["db_app", "register", "rotate_epochs", "settings_command"]
+__all__ = ["db_app", "register", "rotate_epochs", "settings_command", "upgrade"]
 
 
 def register(app: typer.Typer) -> None:
@@ -30,25 +30,42 @@ def register(app: typer.Typer) -> None:
 # --- db ------------------------------------------------------------------------------
 
 db_app = typer.Typer(
-    help="Maintain the data directory's SQLite database while no server runs on it.",
+    help="Maintain the database: the data directory's SQLite file, or PostgreSQL "
+    "(--database-url): schema upgrades, epoch rotation after a restore.",
     no_args_is_help=True,
 )
 
 
+DatabaseUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        envvar="AGENTCAST_DATABASE_URL",
+        help="The PostgreSQL database (postgresql://…). Default: the setting database_url.",
+        show_default=False,
+    ),
+]
+
+
 @db_app.command("rotate-epochs")
-def rotate_epochs(data_dir: DataDirOption = None) -> None:
+def rotate_epochs(data_dir: DataDirOption = None, database_url: DatabaseUrlOption = None) -> None:
     """Give every stream a new epoch, so that clients resume with recovered: false.
 
     A step of the restore procedure (docs/operations.md, "Backup and restore"):
     a restored database lacks the events appended after its copy was taken, so
     the positions clients hold could name other events. Run it after restoring
-    the files and before starting the server; it refuses while a server holds
-    the data directory.
+    and before starting the server; it refuses while a server holds the data
+    directory (SQLite) or runs agents on the database (PostgreSQL, with
+    --database-url or AGENTCAST_DATABASE_URL).
     """
     from .db.sqlite import SqliteDatabase
     from .errors import AgentcastError
 
     settings = settings_from(data_dir=data_dir)
+    url = database_url or settings.database_url
+    if url:
+        _rotate_postgres_epochs(url, settings.pg_connect_timeout_s)
+        return
     db = SqliteDatabase(settings.data_dir)
     if not db.path.is_file():
         fail(f"no database at {db.path}: nothing to rotate (check --data-dir)")
@@ -75,6 +92,82 @@ async def _rotate_epochs(db: SqliteDatabase) -> int:
         return db.streams_rotated
     finally:
         await db.close()
+
+
+def _rotate_postgres_epochs(url: str, timeout_s: float) -> None:
+    from .dsn import is_postgres_url, mask_dsn
+    from .errors import AgentcastError
+
+    if not is_postgres_url(url):
+        fail(f"--database-url must be a postgresql:// URL, not {mask_dsn(url)}")
+    try:
+        rotated = asyncio.run(_rotate_postgres(url, timeout_s))
+    except DataDirLocked as exc:
+        fail(
+            f"cannot rotate epochs while a server runs agents on the database: {exc.message}. "
+            "Stop every server first: rotate-epochs runs between the restore and the start."
+        )
+    except AgentcastError as exc:
+        fail(exc.message)
+    except Exception as exc:  # unreachable server, bad URL: reported with the URL masked
+        fail(f"cannot rotate epochs on {mask_dsn(url)}: {type(exc).__name__}: {exc}")
+    typer.echo(
+        f"{rotated} streams in {mask_dsn(url)} got a new epoch; "
+        "clients will resume with recovered: false"
+    )
+
+
+async def _rotate_postgres(url: str, timeout_s: float) -> int:
+    """Under the runner lock (no server may run agents meanwhile), open rotating every epoch."""
+    from .db.pg_runner_lock import RunnerLock
+    from .db.postgres import PostgresDatabase
+
+    lock = RunnerLock(url, connect_timeout_s=timeout_s)
+    await lock.acquire()
+    try:
+        db = PostgresDatabase(url, pool_max_size=1, connect_timeout_s=timeout_s)
+        await db.open(rotate_epochs=True)
+        try:
+            return db.streams_rotated
+        finally:
+            await db.close()
+    finally:
+        await lock.release()
+
+
+@db_app.command("upgrade")
+def upgrade(database_url: DatabaseUrlOption = None) -> None:
+    """Apply the PostgreSQL schema migrations this agentcast ships (each once, in order).
+
+    Servers never change a shared schema themselves: they refuse to start on an
+    older one and ask for this command. Safe to run while servers are up and
+    from several places at once (an advisory lock serialises it).
+    """
+    from .dsn import is_postgres_url, mask_dsn
+
+    url = database_url or settings_from().database_url
+    if not url or not is_postgres_url(url):
+        fail("db upgrade needs a postgresql:// URL (--database-url or AGENTCAST_DATABASE_URL)")
+    try:
+        applied = asyncio.run(_upgrade(url))
+    except Exception as exc:  # any failure: reported with the URL masked
+        fail(f"cannot upgrade {mask_dsn(url)}: {type(exc).__name__}: {exc}")
+    if applied:
+        typer.echo(f"{mask_dsn(url)}: applied migrations {', '.join(map(str, applied))}")
+    else:
+        typer.echo(f"{mask_dsn(url)}: the schema is up to date")
+
+
+async def _upgrade(url: str) -> list[int]:
+    import asyncpg
+
+    from .db.pg_migrate import apply_migrations
+
+    conn = await asyncpg.connect(url, timeout=settings_from().pg_connect_timeout_s)
+    try:
+        return await apply_migrations(conn)
+    finally:
+        await conn.close()
 
 
 # --- settings ------------------------------------------------------------------------

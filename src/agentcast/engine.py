@@ -1,12 +1,15 @@
 """The engine: log, store, bridge and runner wired together, started and stopped in order.
 
 ``Engine`` is what a server (or a test, or an embedding application) holds.
-Start-up order: database → store → bridge (opens the log, probes it) → runner
-(recovers interrupted runs) → the retention sweeper, when a retention bound is
-set (:mod:`agentcast.retention`). Shutdown is the reverse, per docs/architecture.md invariant
-9: the runner stops accepting, lets runs finish within the grace period and
-cancels the rest; the bridge appends their terminal events; then the log and
-the database close.
+Start-up order: database → (PostgreSQL: the runner lock,
+:mod:`agentcast.db.pg_runner_lock`) → store → bridge (opens the log, probes it)
+→ runner (recovers interrupted runs) → the retention sweeper, when a retention
+bound is set (:mod:`agentcast.retention`). The database is the data
+directory's SQLite file, or PostgreSQL when ``database_url`` is set.
+Shutdown is the reverse, per docs/architecture.md invariant 9: the runner
+stops accepting, lets runs finish within the grace period and cancels the
+rest; the bridge appends their terminal events; then the log and the
+database close.
 
 The engine serving in this process — the one a gateway's lifespan started —
 is available through :func:`get_engine` / :func:`get_bridge` for code that
@@ -20,6 +23,7 @@ import asyncio
 import contextlib
 from collections.abc import Iterator
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from .agents import AgentRegistry, builtin_registry
 from .bridge import Bridge
@@ -35,6 +39,10 @@ from .runner import Runner
 from .store.base import Store
 from .store.memory import MemoryStore
 from .store.sqlite import SqliteStore
+
+if TYPE_CHECKING:
+    from .db.pg_runner_lock import RunnerLock
+    from .db.postgres import PostgresDatabase
 
 __all__ = ["Engine", "get_bridge", "get_engine", "serving"]
 
@@ -59,9 +67,13 @@ class Engine:
         self.settings = settings or EngineSettings.from_env()
         self.registry = registry if registry is not None else builtin_registry()
         self.metrics = metrics or EngineMetrics()
-        self.db: SqliteDatabase | None = None
+        self.db: SqliteDatabase | PostgresDatabase | None = None
+        #: PostgreSQL only: this process is the database's one runner (agentcast.db.pg_runner_lock).
+        self.runner_lock: RunnerLock | None = None
         if log is not None and store is not None:
             self.log, self.store = log, store
+        elif self.settings.database_url is not None:
+            self.log, self.store = self._postgres(self.settings.database_url)
         elif self.settings.log_backend == "memory":
             memory_store = MemoryStore()
             self.store = memory_store
@@ -87,8 +99,42 @@ class Engine:
             if policy.bounded
             else None
         )
+        self._lock_keeper: asyncio.Task[None] | None = None
         self._started = False
         self._lock = asyncio.Lock()
+
+    def _postgres(self, url: str) -> tuple[EventLog, Store]:
+        """The log and the store on PostgreSQL (asyncpg is imported only here)."""
+        try:
+            from .db.pg_runner_lock import RunnerLock
+            from .db.postgres import PostgresDatabase
+            from .log.postgres import PostgresLog
+            from .store.postgres import PostgresStore
+        except ImportError as exc:  # pragma: no cover - the extra is in dev
+            raise ImportError(
+                "AGENTCAST_DATABASE_URL names PostgreSQL, which needs asyncpg: "
+                "pip install 'agentcast[postgres]'"
+            ) from exc
+        from .dsn import is_postgres_url, mask_dsn
+        from .settings import InvalidSetting
+
+        if not is_postgres_url(url):
+            raise InvalidSetting(f"database_url must be a postgresql:// URL, not {mask_dsn(url)!r}")
+        settings = self.settings
+        self.db = PostgresDatabase(
+            url,
+            pool_max_size=settings.pg_pool_max_size,
+            connect_timeout_s=settings.pg_connect_timeout_s,
+        )
+        self.runner_lock = RunnerLock(url, connect_timeout_s=settings.pg_connect_timeout_s)
+        store = PostgresStore(self.db)
+        log = PostgresLog(
+            self.db,
+            projector=store.project,
+            tail_events_per_thread=settings.tail_events_per_thread,
+            head_check_interval_s=settings.pg_head_check_interval_s,
+        )
+        return log, store
 
     async def start(self) -> None:
         """Open storage, start the bridge, recover runs. Idempotent."""
@@ -97,9 +143,24 @@ class Engine:
                 return
             if self.db is not None:
                 await self.db.open()
-            await self.store.open()
-            await self.bridge.ensure_integration()
-            await self.runner.start()
+            try:
+                if self.runner_lock is not None:
+                    # Before recovery: it ends the runs another live runner would own.
+                    await self.runner_lock.acquire()
+                await self.store.open()
+                await self.bridge.ensure_integration()
+                await self.runner.start()
+            except BaseException:
+                if self.runner_lock is not None:
+                    await self.runner_lock.release()
+                if self.db is not None and self.db.is_open:
+                    await self.db.close()
+                raise
+            if self.runner_lock is not None:
+                self._lock_keeper = asyncio.create_task(
+                    self.runner_lock.keep(), name="agentcast-runner-lock"
+                )
+                self.bridge.watch(self._lock_keeper, "runner-lock")
             if self.retention is not None:
                 # Watched: should the sweeper's task die, the bridge turns DEGRADED, loudly.
                 self.bridge.watch(self.retention.start(), "retention")
@@ -119,12 +180,23 @@ class Engine:
             async with contextlib.AsyncExitStack() as closing:
                 if self.db is not None:
                     closing.push_async_callback(self.db.close)
+                if self.runner_lock is not None:
+                    # After the runner has ended its runs and their events are stored.
+                    closing.push_async_callback(self.runner_lock.release)
+                    closing.push_async_callback(self._stop_lock_keeper)
                 closing.push_async_callback(self.store.close)
                 closing.push_async_callback(self.bridge.close)
                 if self.retention is not None:
                     # First: no trim may race the last appends or the log's close.
                     await self.retention.stop()
                 await self.runner.shutdown(grace_s)
+
+    async def _stop_lock_keeper(self) -> None:
+        keeper, self._lock_keeper = self._lock_keeper, None
+        if keeper is not None:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
 
     async def __aenter__(self) -> Engine:
         await self.start()

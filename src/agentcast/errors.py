@@ -31,11 +31,15 @@ The exception tree (``code`` is the row of :data:`ERRORS` it answers with)::
         ├── AppendRejected             internal         (this append can never succeed)
         ├── InternalError              internal
         │   ├── InvalidTransition      lifecycle misuse
-        │   └── DataDirLocked          a second writer
+        │   ├── DataDirLocked          a second writer
+        │   │   └── RunnerLocked       a second runner on a PostgreSQL database
+        │   ├── RunnerLockLost         that lock lost to another process
+        │   └── SchemaOutdated*        the PostgreSQL schema is not this code's (db.pg_migrate)
         ├── ToolError* → ToolTimeout*, SubRunFailed*, SubRunCancelled*  (agents.exceptions)
         ├── ServeError*                the server could not start (gateway.server)
         ├── LlmError* → LlmFirstTokenTimeout*, LlmChunkTimeout*, LlmBadStream*,
-        │   LlmMaxSteps*, LlmOutputTruncated*, LlmConnectionError*, LlmProviderError* → LlmRateLimited*  (llm.errors),
+        │   LlmMaxSteps*, LlmOutputTruncated*, LlmConnectionError*,
+        │   LlmProviderError* → LlmRateLimited*  (llm.errors),
         │   LocalModelNotInstalled*  (llm.local; also a FileNotFoundError)
         └── ClientError                what the Python client raises: a wire code,
                                        or one of its own (disconnected, timeout, …)
@@ -76,6 +80,8 @@ __all__ = [
     "NotFound",
     "RateLimited",
     "RunActive",
+    "RunnerLockLost",
+    "RunnerLocked",
     "Unavailable",
     "spec_of",
 ]
@@ -421,6 +427,14 @@ class InvalidTransition(InternalError):
 
 class DataDirLocked(InternalError):
     """Another process already owns this SQLite data directory."""
+
+
+class RunnerLocked(DataDirLocked):
+    """Another process already runs agents on this PostgreSQL database (db.pg_runner_lock)."""
+
+
+class RunnerLockLost(InternalError):
+    """The runner lock of a PostgreSQL database was lost and another process holds it now."""
 
 
 class ClientError(AgentcastError):

@@ -73,6 +73,11 @@ class EngineMetrics:
             "agentcast_emit_buffer_events", "Events waiting to be appended.", registry=r
         )
         self.active_runs = Gauge("agentcast_active_runs", "Runs running now.", registry=r)
+        self.notification_queue_usage = Gauge(
+            "agentcast_pg_notification_queue_usage",
+            "PostgreSQL's notification queue in use (0 to 1) at the last health probe.",
+            registry=r,
+        )
         self.queued_runs = Gauge("agentcast_queued_runs", "Runs waiting to start.", registry=r)
         self.runs_finished = Counter(
             "agentcast_runs_finished", "Runs ended, by status.", ["status"], registry=r

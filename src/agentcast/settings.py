@@ -460,6 +460,20 @@ def check_consistency(values: Mapping[str, Any]) -> None:
             f"max_token_lifetime_s ({env_name('max_token_lifetime_s')}): minted tokens "
             "would be refused"
         )
+    url = values.get("database_url")
+    if url is not None:
+        from .dsn import is_postgres_url, mask_dsn
+
+        if not is_postgres_url(url):
+            problems.append(
+                f"database_url ({env_name('database_url')}) must be a postgresql:// URL, "
+                f"not {mask_dsn(url)!r}"
+            )
+        if values["log_backend"] == "memory":
+            problems.append(
+                f"database_url ({env_name('database_url')}) and log_backend=memory "
+                f"({env_name('log_backend')}) contradict each other: set one"
+            )
     if problems:
         raise ValueError("; ".join(problems))
 

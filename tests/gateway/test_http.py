@@ -428,3 +428,31 @@ def test_problem_bodies_are_compact_json() -> None:
         "detail": "no such run",
         "code": "not_found",
     }
+
+
+async def test_readyz_reports_postgres_notification_queue_and_warns_past_half(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = make_app(tmp_path, engine_settings={"database_url": pg_url})
+    gateway = gateway_of(app)
+    async with (
+        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c,
+        agentcast_lifespan(app),
+    ):
+        await gateway.engine.bridge.check_health()
+        r = await c.get("/readyz")
+        assert r.status_code == 200
+        assert r.json()["notification_queue_usage"] == 0
+        assert "warnings" not in r.json()
+
+        async def busy() -> float:
+            return 0.62
+
+        monkeypatch.setattr(gateway.engine.log, "notification_queue_usage", busy)
+        await gateway.engine.bridge.check_health()
+        r = await c.get("/readyz")
+        assert r.status_code == 200  # every process shares the queue: ready all the same
+        assert r.json()["notification_queue_usage"] == 0.62
+        assert r.json()["warnings"] == ["PostgreSQL's notification queue is over half full"]
+        metrics = (await c.get("/metrics")).text
+        assert "agentcast_pg_notification_queue_usage 0.62" in metrics

@@ -1,9 +1,10 @@
 """One conformance suite for every EventLog backend.
 
-Each test takes the ``backend`` fixture — memory, SQLite ``FULL`` and SQLite
-``NORMAL`` — and checks docs/architecture.md invariants 2 (stream positions, catch-up →
-live) and 7 (idempotence) with exact assertions: every event, in order, no
-gap, no duplicate.
+Each test takes the ``backend`` fixture — memory, SQLite ``FULL``, SQLite
+``NORMAL`` and PostgreSQL (a fresh database per test) — and checks
+docs/architecture.md invariants 2 (stream positions, catch-up → live) and 7
+(idempotence) with exact assertions: every event, in order, no gap, no
+duplicate.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from agentcast.db.postgres import PostgresDatabase
 from agentcast.db.sqlite import SqliteDatabase
 from agentcast.errors import AppendRejected, LogUnavailable
 from agentcast.events import Event, decode_event, encode_payload
@@ -32,7 +34,9 @@ from agentcast.log import (
     StreamInfo,
     resolve_start,
 )
+from agentcast.log.postgres import PostgresLog
 from agentcast.types import new_event_id
+from tests.pg_support import fresh_database
 from tests.utils import MS
 
 OnBatch = Callable[[list[StoredEvent]], None]
@@ -86,7 +90,9 @@ class Backend:
 
     kind: str
     tmp_path: Path
-    made: list[tuple[EventLog, SqliteDatabase | None]]
+    made: list[tuple[EventLog, SqliteDatabase | PostgresDatabase | None]]
+    #: The database of the ``postgres`` kind.
+    pg_url: str | None = None
 
     @property
     def durable(self) -> bool:
@@ -100,10 +106,24 @@ class Backend:
         tail_threads: int = 10_000,
     ) -> EventLog:
         log: EventLog
-        db: SqliteDatabase | None = None
+        db: SqliteDatabase | PostgresDatabase | None = None
         if self.kind == "memory":
             log = MemoryLog(
                 projector=on_batch, tail_events_per_thread=tail_events, tail_threads=tail_threads
+            )
+        elif self.kind == "postgres":
+            assert self.pg_url is not None
+            db = PostgresDatabase(self.pg_url, pool_max_size=4)
+
+            async def pg_projector(_conn: object, events: list[StoredEvent]) -> None:
+                assert on_batch is not None
+                on_batch(events)
+
+            log = PostgresLog(
+                db,
+                projector=None if on_batch is None else pg_projector,
+                tail_events_per_thread=tail_events,
+                tail_threads=tail_threads,
             )
         else:
             db = SqliteDatabase(self.tmp_path / "data", synchronous=self.kind.split("-")[1])  # type: ignore[arg-type]
@@ -132,10 +152,12 @@ class Backend:
                     await item[1].close()
 
 
-@pytest.fixture(params=["memory", "sqlite-FULL", "sqlite-NORMAL"])
+@pytest.fixture(params=["memory", "sqlite-FULL", "sqlite-NORMAL", "postgres"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    made: list[tuple[EventLog, SqliteDatabase | None]] = []
-    yield Backend(request.param, tmp_path, made)
+    made: list[tuple[EventLog, SqliteDatabase | PostgresDatabase | None]] = []
+    # Not the pg_url fixture: an async fixture cannot request another one lazily.
+    pg_url = await fresh_database() if request.param == "postgres" else None
+    yield Backend(request.param, tmp_path, made, pg_url)
     for log, db in made:
         await log.close()
         if db is not None:

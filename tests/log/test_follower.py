@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from agentcast.errors import InternalError
+from agentcast.errors import InternalError, LogUnavailable
 from agentcast.log import FollowerClosed, FollowStart, HistoryLost, StoredEvent, StreamFollower
 from agentcast.log.tail import Tail
 from tests.utils import MS
@@ -283,3 +283,39 @@ async def test_push_leaves_a_gap_or_an_old_cursor_to_next_batch() -> None:
     await asyncio.wait_for(task, 1)
     assert seen == []  # never a gap: the backend read takes over
     assert [e.seq for e in await follower.next_batch(10)] == [1, 2, 3]
+
+
+async def test_a_read_failing_in_an_outage_is_retried_until_the_log_answers() -> None:
+    tail = Tail()
+    backend = FakeBackend(tail)
+    backend.events = evs(1, 3)  # committed by another process: not in this tail
+    failures = 2
+
+    async def flaky_read(thread_id: str, after_seq: int, limit: int) -> list[StoredEvent]:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise LogUnavailable("the database is away")
+        return await backend.read(thread_id, after_seq, limit)
+
+    follower = StreamFollower(
+        "th_1", FollowStart("e1", 0, True), tail=tail, read=flaky_read, is_closed=lambda: False
+    )
+    batch = await asyncio.wait_for(follower.next_batch(), 5.0)
+    assert [e.seq for e in batch] == [1, 2, 3]
+    assert failures == 0
+
+
+async def test_closing_a_follower_ends_its_wait_for_an_unavailable_log() -> None:
+    async def down(thread_id: str, after_seq: int, limit: int) -> list[StoredEvent]:
+        raise LogUnavailable("the database is away")
+
+    follower = StreamFollower(
+        "th_1", FollowStart("e1", 0, True), tail=Tail(), read=down, is_closed=lambda: False
+    )
+    waiting = asyncio.create_task(follower.next_batch())
+    await asyncio.sleep(100 * MS)  # let it fail and back off a few times
+    assert not waiting.done()
+    await follower.aclose()
+    with pytest.raises(FollowerClosed):
+        await asyncio.wait_for(waiting, 5.0)

@@ -1,4 +1,4 @@
-"""A state machine over the SQLite log: random appends, reads, follows, trims, restarts.
+"""A state machine over the SQLite and PostgreSQL logs: appends, reads, follows, trims, restarts.
 
 The model is a list of event ids per thread (index = seq - 1), the retained
 range and the epoch. After every step each live follower must have received
@@ -27,9 +27,12 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from agentcast.db.postgres import PostgresDatabase
 from agentcast.db.sqlite import SqliteDatabase
 from agentcast.log import FollowerClosed, HistoryLost, SqliteLog, StreamFollower, StreamInfo
+from agentcast.log.postgres import PostgresLog
 from tests.log.test_contract import draft
+from tests.pg_support import fresh_database
 
 T = TypeVar("T")
 THREADS = ("th_a", "th_b", "th_c")
@@ -237,3 +240,43 @@ SqliteLogMachine.TestCase.settings = settings(
     max_examples=50, stateful_step_count=30, deadline=None, derandomize=True
 )
 TestSqliteLogStateful = SqliteLogMachine.TestCase
+
+
+class PostgresLogMachine(SqliteLogMachine):
+    """The same machine over :class:`PostgresLog`: one fresh database per example."""
+
+    def __init__(self) -> None:
+        self.pg_url: str | None = None
+        super().__init__()
+
+    async def _open(self) -> tuple[PostgresDatabase, PostgresLog]:  # type: ignore[override]
+        if self.pg_url is None:
+            self.pg_url = await fresh_database()
+        db = PostgresDatabase(self.pg_url, pool_max_size=2)
+        log = PostgresLog(db, tail_events_per_thread=4, tail_threads=2)
+        await log.open()
+        return db, log
+
+    def teardown(self) -> None:
+        url = self.pg_url
+        try:
+            if url is not None:
+
+                async def close_and_drop() -> None:
+                    for follower in self.followers:
+                        await follower.aclose()
+                    await self.log.close()
+                    await self.db.close()
+
+                self.followers = []
+                self.run(close_and_drop())
+                self.loop.run_until_complete(self.loop.shutdown_default_executor())
+        finally:
+            self.loop.close()
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+PostgresLogMachine.TestCase.settings = settings(
+    max_examples=15, stateful_step_count=30, deadline=None, derandomize=True
+)
+TestPostgresLogStateful = PostgresLogMachine.TestCase

@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..bridge import NOTIFY_QUEUE_WARN
 from ..lifecycle import BridgeState
 
 if TYPE_CHECKING:
@@ -43,6 +44,8 @@ READY_REASONS: Final[dict[BridgeState, str]] = {
     BridgeState.CLOSED: "closed",
 }
 _SHUTTING_DOWN: Final = "shutting down"
+#: The one warning ``/readyz`` may add (PostgreSQL's notification queue, see above).
+NOTIFY_QUEUE_WARNING: Final = "PostgreSQL's notification queue is over half full"
 
 
 def _json(content: Any, status_code: int = 200) -> Response:
@@ -69,6 +72,13 @@ def health_routes(gateway: Gateway) -> list[Route]:
                 "detail": "ok" if report.ok else "probe failed",
                 "checked_at": report.checked_at,
             }
+            usage = report.notification_queue_usage
+            if usage is not None:
+                # Reported, not a reason to be unready: every process shares the one
+                # queue, so taking them all out of rotation would be the outage.
+                body["notification_queue_usage"] = round(usage, 4)
+                if usage > NOTIFY_QUEUE_WARN:
+                    body["warnings"] = [NOTIFY_QUEUE_WARNING]
         status = 200 if ready else 503
         return _json(body, status)
 

@@ -40,6 +40,7 @@ import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
 from ..agents import AgentRegistry
+from ..dsn import mask_dsn
 from ..errors import AgentcastError
 from .app import create_app
 from .auth import load_or_create_dev_secret, write_dev_token
@@ -83,6 +84,8 @@ class ServeInfo:
         token_path: Where the token was written (``<data_dir>/dev-token``).
         data_dir: The data directory this server owns.
         dev: Served with ``--dev``: loopback only, a development key.
+        database: The PostgreSQL database, its password masked (``None``: SQLite
+            in ``data_dir``, or the memory log).
     """
 
     url: str
@@ -91,6 +94,7 @@ class ServeInfo:
     token_path: Path | None
     data_dir: Path
     dev: bool = False
+    database: str | None = None
 
 
 class AgentcastServer(uvicorn.Server):
@@ -262,7 +266,9 @@ async def serve(
             config.load()  # uvicorn's protocol modules, imported before the freeze
             server = AgentcastServer(config, gateway)
             if ready is not None:
-                ready(ServeInfo(url, open_url, token, token_path, data_dir.resolve(), dev))
+                database = settings.database_url
+                shown = mask_dsn(database) if database is not None else None
+                ready(ServeInfo(url, open_url, token, token_path, data_dir.resolve(), dev, shown))
             with frozen_startup_heap():
                 try:
                     await server.serve(sockets=[sock])

@@ -23,7 +23,14 @@ How a follower ends (a contract for the gateway):
 * events after the cursor were trimmed before this follower read them —
   :class:`HistoryLost`, never a silent gap.
 
-Both are :class:`~agentcast.errors.LogUnavailable`, so a subscription has
+A read of the backend that fails because its database is away
+(:class:`~agentcast.errors.LogUnavailable`, an outage) does not end the
+follower: ``next_batch`` waits and reads again, 50 ms after the first
+failure and doubling up to 1 s, until the database answers — as emits wait
+for it — or the follower is closed. Nothing is skipped: the read starts
+after the same cursor.
+
+Both endings are :class:`~agentcast.errors.LogUnavailable`, so a subscription has
 one remedy for all: follow again from ``(epoch, cursor)``;
 :func:`~agentcast.log.base.resolve_start` then says ``recovered: false``
 if the history is gone.
@@ -43,6 +50,9 @@ __all__ = ["DEFAULT_BATCH", "FollowerClosed", "HistoryLost", "ReadFn", "StreamFo
 
 #: Events fetched per read when iterating one by one.
 DEFAULT_BATCH = 256
+#: While the backend's reads fail, the follower reads again this long after, doubling.
+_READ_RETRY_MIN_S = 0.05
+_READ_RETRY_MAX_S = 1.0
 
 #: The backend's read: ``(thread_id, after_seq, limit) -> events``, committed data only.
 ReadFn = Callable[[str, int, int], Awaitable[list[StoredEvent]]]
@@ -100,6 +110,8 @@ class StreamFollower:
         self._waiter: asyncio.Future[None] | None = None
         self._pushing: asyncio.Future[None] | None = None  # set while push() runs
         self._busy = False
+        #: Backend reads failed in a row (an outage): sets the wait before the next.
+        self._read_failures = 0
         self._closed = False
 
     # Public methods
@@ -236,7 +248,18 @@ class StreamFollower:
                 try:
                     batch = self._tail.read(self._thread_id, self._fetched, limit)
                     if batch is None:
-                        batch = await self._read(self._thread_id, self._fetched, limit)
+                        try:
+                            batch = await self._read(self._thread_id, self._fetched, limit)
+                        except (FollowerClosed, HistoryLost):
+                            raise
+                        except LogUnavailable:
+                            # The database is away (an outage): wait for it as emits
+                            # do, reading again with backoff; a commit or aclose()
+                            # ends the wait at once.
+                            self._read_failures += 1
+                            await asyncio.wait({waiter}, timeout=self._retry_delay())
+                            continue
+                        self._read_failures = 0
                         self._check_open()
                     if batch:
                         first = batch[0].seq
@@ -250,6 +273,10 @@ class StreamFollower:
                     self._tail.discard(self._thread_id, waiter)
         finally:
             self._busy = False
+
+    def _retry_delay(self) -> float:
+        exponent = min(self._read_failures - 1, 16)
+        return float(min(_READ_RETRY_MAX_S, _READ_RETRY_MIN_S * 2**exponent))
 
     def _check_open(self) -> None:
         if self._closed:

@@ -1,0 +1,1 @@
+"""PostgreSQL migrations: numbered SQL files (``NNNN_name.sql``) applied in order."""

@@ -118,6 +118,19 @@ class Pace:
 
 
 @dataclass(frozen=True, slots=True)
+class PaceFrom:
+    """From here on, paced chunk ``k`` is due at wall-clock ``start + k * interval``.
+
+    An open-loop schedule on ``time.time()``: a chunk sent late does not delay
+    the next one, and a receiver in another process that knows ``start`` and
+    ``interval`` knows every chunk's due time (a benchmark's token latency).
+    """
+
+    start: float
+    interval: float
+
+
+@dataclass(frozen=True, slots=True)
 class Stall:
     """Send nothing more, keep the connection open until the client leaves or ``max_s``.
 
@@ -132,7 +145,9 @@ class Drop:
     """Close the connection now, without finishing the chunked body (no ``[DONE]``)."""
 
 
-Step: TypeAlias = Delta | Usage | HttpError | ErrorEvent | Raw | Delay | Pace | Stall | Drop
+Step: TypeAlias = (
+    Delta | Usage | HttpError | ErrorEvent | Raw | Delay | Pace | PaceFrom | Stall | Drop
+)
 Part: TypeAlias = "Step | Iterable[Part]"
 
 
@@ -407,6 +422,13 @@ def pace(tokens_per_s: float | None) -> Pace:
     if tokens_per_s is not None and tokens_per_s <= 0:
         raise ValueError("tokens_per_s must be > 0")
     return Pace(None if tokens_per_s is None else 1.0 / tokens_per_s)
+
+
+def pace_from(start: float, tokens_per_s: float) -> PaceFrom:
+    """Send the following paced chunks on an absolute schedule from ``start`` (``time.time()``)."""
+    if tokens_per_s <= 0:
+        raise ValueError("tokens_per_s must be > 0")
+    return PaceFrom(start, 1.0 / tokens_per_s)
 
 
 def stall(max_s: float | None = None) -> Stall:
@@ -684,6 +706,9 @@ class ReplayServer:
         self._thread_stop: asyncio.Event | None = None
         self._thread_error: BaseException | None = None
         self._ids = itertools.count(1)
+        #: Chooses the scenario from the request body before the FIFO is asked
+        #: (``None`` from it: the FIFO); see :meth:`route`.
+        self._router: Callable[[Mapping[str, Any]], ScenarioLike | None] | None = None
 
     # -- scripting and records
 
@@ -697,6 +722,16 @@ class ReplayServer:
         built = [as_scenario(s) for s in scenarios]
         with self._lock:
             self._scenarios.extend(built)
+
+    def route(self, router: Callable[[Mapping[str, Any]], ScenarioLike | None] | None) -> None:
+        """Script each request from its own JSON body (``None``: back to the FIFO only).
+
+        With many concurrent requests the FIFO hands scenarios out in arrival
+        order; a router lets the request say which answer it gets (e.g. a
+        benchmark's run names its script in the user message). When the router
+        returns ``None`` the FIFO answers as usual.
+        """
+        self._router = router
 
     @property
     def pending(self) -> int:
@@ -844,6 +879,13 @@ class ReplayServer:
         with self._lock:
             self._records.append(request)
 
+    def _routed(self, body: Mapping[str, Any]) -> Scenario | None:
+        router = self._router
+        if router is None:
+            return None
+        chosen = router(body)
+        return None if chosen is None else as_scenario(chosen)
+
     def _next(self) -> Scenario | None:
         with self._lock:
             return self._scenarios.popleft() if self._scenarios else None
@@ -877,7 +919,9 @@ class ReplayServer:
             error = http_error(400, "The request body is not a JSON object.")
             return await self._send_json(conn, record, 400, error.body, (), keep_alive)
 
-        script = self._next()
+        script = self._routed(parsed)
+        if script is None:
+            script = self._next()
         record.scenario = script
         if script is None:
             error = http_error(500, "replay server: no scenario queued", code="unscripted")
@@ -1043,6 +1087,9 @@ class ReplayServer:
             elif isinstance(step, Pace):
                 interval = step.interval
                 next_at = None
+            elif isinstance(step, PaceFrom):
+                interval = step.interval
+                next_at = loop.time() + (step.start - time.time())
             elif isinstance(step, Stall):
                 record.events.append("stall")
                 if not await conn.sleep(step.max_s):
@@ -1177,6 +1224,7 @@ __all__ = [
     "ErrorEvent",
     "HttpError",
     "Pace",
+    "PaceFrom",
     "Raw",
     "RecordedRequest",
     "ReplayServer",
@@ -1195,6 +1243,7 @@ __all__ = [
     "length",
     "malformed",
     "pace",
+    "pace_from",
     "raw",
     "reasoning",
     "reply",

@@ -21,10 +21,11 @@ run, so no text is ever sent twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from ..agents.context import RunContext
@@ -40,6 +41,7 @@ from .errors import (
     describe_provider_error,
     is_retryable,
 )
+from .sse import iter_chunks
 from .stream import AssembledCall, StepReader, StepResult
 from .tools_schema import openai_tools
 
@@ -267,13 +269,24 @@ class ChatAgent:
         """Send one request and read its stream to the end, within the two timeouts."""
         loop = asyncio.get_running_loop()
         first_deadline = loop.time() + self.first_token_timeout_s
-        try:
-            async with asyncio.timeout_at(first_deadline):
-                stream = await client.chat.completions.create(**request)
-        except TimeoutError:
-            raise self._first_token_timeout() from None
-        async with stream:  # closing the stream closes the connection (cancel, error)
-            chunks = stream.__aiter__()
+        streaming = getattr(client.chat.completions, "with_streaming_response", None)
+        async with contextlib.AsyncExitStack() as stack:
+            # Leaving the stack closes the response, hence the connection (cancel, error).
+            try:
+                async with asyncio.timeout_at(first_deadline):
+                    if streaming is not None:
+                        # The SDK's client: it sends the request and raises HTTP errors;
+                        # the body is read here, cheaply (agentcast.llm.sse).
+                        response = await stack.enter_async_context(streaming.create(**request))
+                        chunks: AsyncIterator[Any] = iter_chunks(response)
+                        stack.push_async_callback(_close_iterator, chunks)
+                    else:
+                        # An SDK-shaped client (the local model's): its stream of chunk objects.
+                        stream = await client.chat.completions.create(**request)
+                        await stack.enter_async_context(stream)
+                        chunks = stream.__aiter__()
+            except TimeoutError:
+                raise self._first_token_timeout() from None
             first = True
             while True:
                 deadline = first_deadline if first else loop.time() + self.chunk_timeout_s
@@ -386,6 +399,13 @@ def _name_calls(calls: Sequence[AssembledCall]) -> None:
     for call in calls:
         if not call.id:
             call.id = f"call_{call.index}"
+
+
+async def _close_iterator(chunks: AsyncIterator[Any]) -> None:
+    """Finish a chunk iterator left mid-body, so its response is released now."""
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 def _positive(name: str, value: float | None, default: float) -> float:

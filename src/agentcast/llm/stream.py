@@ -7,7 +7,10 @@ declare and keeps as extras), and tool calls whose ``id``/``name`` come once
 and whose ``arguments`` arrive in pieces, possibly interleaved between calls,
 to be joined by ``index``. Usage comes last, in a chunk with no choices,
 when the request asked for it. :class:`StepReader` does that bookkeeping;
-the agent decides what to do with a finished step.
+the agent decides what to do with a finished step. It reads two kinds of
+chunk by the same attribute names: the SDK's pydantic ``ChatCompletionChunk``
+(SDK-shaped clients such as the local model's) and the small structs of
+:mod:`agentcast.llm.sse` (the SDK's client, its stream body read by agentcast).
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ class StepReader:
         self.emitted = False
 
     async def feed(self, chunk: Any) -> None:
-        """Take one ``ChatCompletionChunk``."""
+        """Take one chunk: a ``ChatCompletionChunk`` or an :class:`agentcast.llm.sse.Chunk`."""
         usage = getattr(chunk, "usage", None)
         if usage is not None:
             self._usage = {
@@ -120,9 +123,15 @@ class StepReader:
 
 
 def _reasoning_of(delta: Any) -> str:
-    extra: Mapping[str, Any] = getattr(delta, "model_extra", None) or {}
+    """The reasoning of a delta, from either kind of chunk.
+
+    The SDK's pydantic chunks keep the undeclared reasoning fields in
+    ``model_extra``; :class:`agentcast.llm.sse.ChunkDelta` declares them as
+    attributes (and has no ``model_extra``).
+    """
+    extra: Mapping[str, Any] | None = getattr(delta, "model_extra", None)
     for name in REASONING_FIELDS:
-        value = extra.get(name)
+        value = extra.get(name) if extra is not None else getattr(delta, name, None)
         if isinstance(value, str) and value:
             return value
     return ""

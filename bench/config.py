@@ -8,6 +8,7 @@ overrides one field of a preset.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -20,6 +21,9 @@ __all__ = [
     "MEMLOG_BATCH",
     "MEMORY",
     "NO_LOG",
+    "PG_SYNC",
+    "PG_URL",
+    "POSTGRES",
     "PRESETS",
     "REPO",
     "SQLITE",
@@ -37,6 +41,16 @@ CORRECTNESS: Final = ("gaps", "duplicates", "reorders", "undelivered")
 SQLITE_FULL: Final = "SQLite WAL, synchronous=FULL"
 MEMORY: Final = "in-memory log (not durable)"
 NO_LOG: Final = "none (no log, no auth)"
+#: agentcast never turns ``synchronous_commit`` off; the bench checks the server's value
+#: with SHOW before it measures and records every durability setting in the JSON.
+PG_SYNC: Final = "PostgreSQL, synchronous_commit=on"
+#: A PostgreSQL server and a database on it the bench may connect to in order to create
+#: (and drop) its own ``agentcast_b_<hex>`` databases; the tests' variable is the fallback
+#: so that one setting serves both.
+PG_URL: Final = os.environ.get(
+    "AGENTCAST_BENCH_PG_URL",
+    os.environ.get("AGENTCAST_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +58,7 @@ class Target:
     """One server under test: agentcast with a log backend, or the baseline."""
 
     server: str  # "agentcast" | "baseline"
-    backend: str | None = None  # "sqlite" | "memory" for agentcast
+    backend: str | None = None  # "sqlite" | "memory" | "postgres" for agentcast
     #: Clients connect with ``?batch=1`` (docs/protocol.md): events queued for a
     #: connection go out as one array frame. Same server, same log, same
     #: schedule; only what the clients ask for differs.
@@ -66,6 +80,8 @@ class Target:
         """What an event's delivery waited for: every figure names it."""
         if self.server == "baseline":
             return NO_LOG
+        if self.backend == "postgres":
+            return PG_SYNC
         return SQLITE_FULL if self.backend == "sqlite" else MEMORY
 
 
@@ -73,6 +89,9 @@ SQLITE: Final = Target("agentcast", "sqlite")
 MEMLOG: Final = Target("agentcast", "memory")
 SQLITE_BATCH: Final = Target("agentcast", "sqlite", batch=True)
 MEMLOG_BATCH: Final = Target("agentcast", "memory", batch=True)
+#: ``agentcast serve --database-url``: the same process, its log and store in a
+#: database of its own on the PostgreSQL server of :data:`PG_URL`.
+POSTGRES: Final = Target("agentcast", "postgres")
 BASELINE: Final = Target("baseline")
 
 
@@ -115,6 +134,8 @@ class Preset:
     drain_timeout: float = 15.0
     #: W2: steps that bisect between the last rate within the rule and the first past it.
     ramp_refine: int = 0
+    #: W2: steps down (÷ ``ramp_factor``) when the first step is already past the rule.
+    ramp_down_steps: int = 0
 
 
 PRESETS: Final[dict[str, Preset]] = {
@@ -130,7 +151,7 @@ PRESETS: Final[dict[str, Preset]] = {
         duration=1.2,
         warmup=0.3,
         big_every=5,
-        w1_targets=(SQLITE, MEMLOG, SQLITE_BATCH, BASELINE),
+        w1_targets=(SQLITE, MEMLOG, SQLITE_BATCH, POSTGRES, BASELINE),
         w5_targets=(SQLITE, BASELINE),
         ramp_start=40.0,
         ramp_factor=2.0,
@@ -162,15 +183,16 @@ PRESETS: Final[dict[str, Preset]] = {
         duration=15.0,
         warmup=3.0,
         big_every=20,  # 1 slot in 20 is two events, one of them big: ~4.8 % of events
-        w1_targets=(SQLITE, MEMLOG, BASELINE),
+        w1_targets=(SQLITE, MEMLOG, POSTGRES, BASELINE),
         w5_targets=(SQLITE, MEMLOG, BASELINE),
         ramp_start=1000.0,
         ramp_factor=1.4,
         ramp_steps=14,
         ramp_refine=2,
+        ramp_down_steps=3,  # down to R = 364 (PostgreSQL on a loaded machine)
         ramp_duration=5.0,
         ramp_warmup=1.5,
-        w2_targets=(SQLITE, MEMLOG, SQLITE_BATCH, MEMLOG_BATCH, BASELINE),
+        w2_targets=(SQLITE, MEMLOG, SQLITE_BATCH, MEMLOG_BATCH, POSTGRES, BASELINE),
         idle_connections=5000,
         idle_per_user=10,
         idle_settle=2.0,
@@ -180,6 +202,6 @@ PRESETS: Final[dict[str, Preset]] = {
         storm_duration=14.0,
         storm_drop_at=6.0,
         storm_jitter=1.0,
-        w4_targets=(SQLITE, MEMLOG),
+        w4_targets=(SQLITE, MEMLOG, POSTGRES),
     ),
 }

@@ -12,6 +12,8 @@ from bench.config import (
     MEMLOG_BATCH,
     MEMORY,
     NO_LOG,
+    PG_SYNC,
+    POSTGRES,
     SQLITE,
     SQLITE_BATCH,
     SQLITE_FULL,
@@ -65,6 +67,12 @@ def efficiency(rows: list[dict[str, Any]]) -> None:
                 ratios["cpu_per_event_x_baseline"] = round(
                     row["cpu_us_per_event"] / base["cpu_us_per_event"], 2
                 )
+            # PostgreSQL works in processes of its own: count them too, the fair
+            # comparison with SQLite (in agentcast's process) and the baseline.
+            if base.get("cpu_us_per_event") and row.get("total_cpu_us_per_event"):
+                ratios["cpu_per_event_with_db_x_baseline"] = round(
+                    row["total_cpu_us_per_event"] / base["cpu_us_per_event"], 2
+                )
             key = "small_latency_ms" if row["workload"] == "W5" else "latency_ms"
             mine, theirs = _p99(row, key), _p99(base, key)
             if mine is not None and theirs:
@@ -88,8 +96,25 @@ def judge(rows: list[dict[str, Any]], preset: Preset) -> list[dict[str, Any]]:
             _p99(w1),
             _p99(w1) is not None and _p99(w1) <= 10.0,  # type: ignore[operator]
         )
+    pg, w1_sqlite = _find(rows, "W1", POSTGRES), _p99(w1)
+    if pg is not None and w1_sqlite:
+        mine = _p99(pg)
+        ratio = round(mine / w1_sqlite, 2) if mine is not None else None
+        add(
+            f"W1 p99 {POSTGRES.name} / {SQLITE.name} at R={preset.rate:g}/s ({PG_SYNC})",
+            "<= 2x",
+            ratio,
+            ratio is not None and ratio <= 2.0,
+        )
     base = _find(rows, "W2", BASELINE)
-    for target, share in ((SQLITE, 0.2), (MEMLOG, 0.4), (SQLITE_BATCH, 0.2), (MEMLOG_BATCH, 0.4)):
+    shares = (
+        (SQLITE, 0.2),
+        (MEMLOG, 0.4),
+        (SQLITE_BATCH, 0.2),
+        (MEMLOG_BATCH, 0.4),
+        (POSTGRES, 0.15),
+    )
+    for target, share in shares:
         row = _find(rows, "W2", target)
         if row is None or base is None:
             continue
@@ -111,7 +136,7 @@ def judge(rows: list[dict[str, Any]], preset: Preset) -> list[dict[str, Any]]:
             kb,
             kb is not None and kb <= 40.0,
         )
-    for target in (SQLITE, MEMLOG):
+    for target in (SQLITE, MEMLOG, POSTGRES):
         w4 = _find(rows, "W4", target)
         if w4 is None:
             continue
@@ -194,9 +219,15 @@ def table(rows: list[dict[str, Any]]) -> str:
             note = f"{extra}; {note}" if note else extra
         rate = row.get("knee_rate") if row["workload"] == "W2" else row.get("rate")
         backend = row["log_backend"]
-        durability = {SQLITE_FULL: "FULL", MEMORY: "none", NO_LOG: "no log"}.get(
-            row["durability"], row["durability"]
-        )
+        durability = {
+            SQLITE_FULL: "FULL",
+            MEMORY: "none",
+            NO_LOG: "no log",
+            PG_SYNC: "sync commit",
+        }.get(row["durability"], row["durability"])
+        cpu = _fmt(row.get("cpu_us_per_event"), 0)
+        if row.get("postgres_cpu_us_per_event") is not None:  # agentcast + the database's
+            cpu += f" + {_fmt(row['postgres_cpu_us_per_event'], 0)} db"
         counters = "/".join(str(row.get(k, "-")) for k in ("gaps", "duplicates", "reorders"))
         lines.append(
             "| "
@@ -212,7 +243,7 @@ def table(rows: list[dict[str, Any]]) -> str:
                     _fmt(lat.get("p999"), 2),
                     _fmt(lat.get("max"), 2),
                     _fmt(delivered, 0),
-                    _fmt(row.get("cpu_us_per_event"), 0),
+                    cpu,
                     _fmt(row.get("server_rss_mb")),
                     counters,
                     note or "",
@@ -242,6 +273,16 @@ def markdown(report: dict[str, Any]) -> str:
         for row in report["results"]
         if row.get("other_cpu_cores") is not None
     ]
+    pg = report.get("postgres")
+    pg_line = (
+        f" PostgreSQL {pg.get('server_version')} on the same machine, not pinned: "
+        f"fsync={pg.get('fsync')}, synchronous_commit={pg.get('synchronous_commit')}, "
+        f"wal_sync_method={pg.get('wal_sync_method')}, "
+        f"shared_buffers={pg.get('shared_buffers')}; its CPU (the server's database's "
+        "backends and PostgreSQL's own processes) is the `+ … db` of the CPU column."
+        if pg
+        else ""
+    )
     lines = [
         "## Load benchmark (python -m bench)",
         "",
@@ -252,7 +293,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"websockets {v['websockets']}, uvloop {v['uvloop']}. Disk fsync (4 KiB, "
         f"{fsync['samples']} samples): p50 {fsync['p50_ms']} ms, **p99 {fsync['p99_ms']} ms**, "
         f"max {fsync['max_ms']} ms. Load average {m['loadavg_start']} before, "
-        f"{m['loadavg_end']} after.",
+        f"{m['loadavg_end']} after.{pg_line}",
         "",
         "Latency = client receipt - the slot's scheduled time (open loop). W5's columns are "
         "the small events; W2's row is the knee step; W3's RSS is after opening the "

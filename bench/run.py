@@ -2,9 +2,11 @@
 
 For every workload this orchestrator starts the server under test as its own
 process on 127.0.0.1 — ``python -m agentcast serve`` with the bench agent
-(``--agents bench.agents:registry``), once with the SQLite log
-(``synchronous=FULL``, the default) and once with the in-memory log, and the
-minimal uvicorn + Starlette server of ``bench/baseline_server.py`` — and drives
+(``--agents bench.agents:registry``), with the SQLite log
+(``synchronous=FULL``, the default), with the in-memory log and with PostgreSQL
+(``--database-url`` on a database created for that server and dropped after
+it; the database's CPU is read beside the server's), and the minimal uvicorn +
+Starlette server of ``bench/baseline_server.py`` — and drives
 it from a separate load-generator process (``bench/load.py``). Where the
 machine has two CPUs or more, the server is pinned to one and the load
 generator to another (``os.sched_setaffinity``), so they do not steal each
@@ -15,7 +17,8 @@ Workloads (docs/performance.md has the figures and the exact commands):
 * **W1** agent streams: U users, 1-3 connections each on one thread, runs
   emitting at a total rate R on an open-loop schedule.
 * **W2** saturation: W1's shape with R raised step by step until p99 passes
-  50 ms, then bisected between the last step under it and the first over it;
+  50 ms (lowered step by step when the first step already does), then
+  bisected between the last step under it and the first over it;
   the knee is the highest delivered events/s of a step that stayed under.
 * **W3** idle connections: C authenticated, subscribed, idle connections;
   server memory per connection = RSS delta ÷ C (kernel TCP memory apart).
@@ -50,12 +53,15 @@ from typing import Any
 if __package__ in (None, ""):  # python bench/run.py: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.config import CORRECTNESS, KNEE_P99_MS, PRESETS, Preset, Target
+from bench.config import CORRECTNESS, KNEE_P99_MS, PG_URL, PRESETS, Preset, Target
 from bench.procs import (
     LoadGen,
+    PgCpuSampler,
     Server,
     fsync_latency,
     machine_info,
+    pg_activity,
+    pg_settings,
     raise_nofile_limit,
 )
 from bench.report import (
@@ -85,6 +91,8 @@ class Bench:
     verbose: bool = True
     rows: list[dict[str, Any]] = field(default_factory=list)
     fsync: dict[str, float] = field(default_factory=dict)
+    #: PostgreSQL databases created for the servers (each dropped with its server).
+    databases: list[str] = field(default_factory=list)
     _servers: dict[Target, Server] = field(default_factory=dict)
     _loadgen: LoadGen | None = None
     _label: int = 0
@@ -138,9 +146,19 @@ class Bench:
                 bad = rate
                 break
             good, rate = rate, round(rate * p.ramp_factor)
+        # Past the rule from the first step: a knee of 0 says nothing, so step
+        # down by the same factor (a bounded number of times) to one within it.
+        refine = not any("failed" in s for s in steps)
+        for _ in range(p.ramp_down_steps):
+            if good is not None or bad is None or not refine:
+                break
+            rate = round(bad / p.ramp_factor)
+            if self._w2_step(server, target, rate, steps):
+                good = rate
+            else:
+                bad = rate
         # The ramp's factor is coarse: bisect (geometrically) between the last
         # step within the rule and the first one past it.
-        refine = not any("failed" in s for s in steps)
         for _ in range(p.ramp_refine):
             if good is None or bad is None or not refine:
                 break
@@ -277,7 +295,33 @@ class Bench:
         bound = 120.0 + float(spec.get("duration", 0)) + float(spec.get("drain_timeout", 0))
         if server.proc.poll() is not None:
             return {"failed": f"{server.target.name} exited with {server.proc.returncode}"}
-        result = self._loadgen.call(spec, timeout=bound)
+        db = server.database
+        sampler = PgCpuSampler(db, server.pid).start() if db is not None else None
+        activity = pg_activity(db.name) if db is not None else {}
+        sent = time.time()
+        try:
+            result = self._loadgen.call(spec, timeout=bound)
+        finally:
+            returned = time.time()
+            if sampler is not None:
+                sampler.stop()
+        if sampler is not None and result.get("window_s"):
+            result.update(_postgres_figures(sampler, result, returned))
+        if db is not None and activity:
+            # The whole phase (set-up and drain included), not only the window.
+            later = pg_activity(db.name)
+            if later:
+                span = max(1e-9, returned - sent)
+                result["postgres_phase"] = {
+                    "seconds": round(span, 2),
+                    "checkpoints": later["checkpoints"] - activity["checkpoints"],
+                    "commits_per_s": round(
+                        (later["own_commits"] - activity["own_commits"]) / span, 1
+                    ),
+                    "other_databases_commits_per_s": round(
+                        (later["other_commits"] - activity["other_commits"]) / span, 1
+                    ),
+                }
         if server.proc.poll() is not None:
             result["failed"] = f"{server.target.name} exited with {server.proc.returncode}"
         if "failed" in result:
@@ -291,6 +335,8 @@ class Bench:
         if existing is not None:
             existing.stop()
         server = Server(target, self.work, self.server_cpu, self.secret)
+        if server.database is not None:
+            self.databases.append(server.database.name)
         self._servers[target] = server
         return server
 
@@ -325,6 +371,37 @@ class Bench:
             print(text, file=sys.stderr, flush=True)
 
 
+def _postgres_figures(
+    sampler: PgCpuSampler, result: dict[str, Any], returned: float
+) -> dict[str, Any]:
+    """PostgreSQL's CPU over the phase's measurement window, and agentcast's plus it.
+
+    The load generator reports the window's length, not its place on the clock.
+    W4 gives the place (``dropped_at`` is ``t0 + storm_drop_at``, the window ends
+    at ``t0 + duration``); otherwise it ends ``drain_s`` before the load generator
+    answered, less the time it took to close its connections — a bias of a
+    fraction of a second, at the quiet end of the phase. ``postgres_window_check``
+    shows how well the two windows agree.
+    """
+    span = float(result["window_s"])
+    storm = result.get("storm") or {}
+    if storm.get("dropped_at") is not None and "schedule_left_s" in storm:
+        end = float(storm["dropped_at"]) + float(storm["schedule_left_s"])
+    else:
+        end = returned - float(result.get("drain_s") or 0.0)
+    figures = sampler.window(
+        end - span, end, int(result.get("delivered") or 0), result.get("server_cpu_s")
+    )
+    own, pg = result.get("cpu_us_per_event"), figures.get("postgres_cpu_us_per_event")
+    if own is not None and pg is not None:
+        figures["total_cpu_us_per_event"] = round(float(own) + float(pg), 2)
+    if storm.get("all_live_s") is not None:
+        start = float(storm["dropped_at"])
+        during = sampler.window(start, start + float(storm["all_live_s"]), 0, None)
+        storm["postgres_cpu_cores"] = during.get("postgres_cpu_cores")
+    return figures
+
+
 def _step_summary(step: dict[str, Any]) -> dict[str, Any]:
     keys = (
         "rate",
@@ -332,7 +409,11 @@ def _step_summary(step: dict[str, Any]) -> dict[str, Any]:
         "settle_s",
         "delivered_per_s",
         "cpu_us_per_event",
+        "postgres_cpu_us_per_event",
+        "total_cpu_us_per_event",
         "server_cpu_cores",
+        "postgres_cpu_cores",
+        "postgres_phase",
         "loadgen_cpu_cores",
         "other_cpu_cores",
         "gaps",
@@ -377,7 +458,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--servers",
-        help="comma-separated subset of agentcast/sqlite, agentcast/memory, baseline",
+        help="comma-separated subset of agentcast/sqlite, agentcast/memory, "
+        "agentcast/sqlite+batch, agentcast/memory+batch, agentcast/postgres, baseline",
     )
     parser.add_argument(
         "--no-pin", action="store_true", help="do not pin the server and load generator to CPUs"
@@ -407,6 +489,49 @@ def _override(preset: Preset, assignments: list[str]) -> Preset:
         kind = type(current[key])
         changes[key] = tuple(int(x) for x in raw.split(",")) if kind is tuple else kind(raw)
     return replace(preset, **changes)
+
+
+def _uses_postgres(preset: Preset, workloads: list[str]) -> bool:
+    return any(
+        t.backend == "postgres"
+        for w in workloads
+        if w in ("W1", "W2", "W3", "W4", "W5")
+        for t in getattr(preset, f"{w.lower()}_targets")
+    )
+
+
+def _postgres_check(quiet: bool) -> dict[str, Any]:
+    """The PostgreSQL server's settings (``SHOW``), before anything is measured on it.
+
+    Raises RuntimeError when it cannot be reached (the run fails at once,
+    naming :data:`bench.config.PG_URL`'s variable) or when
+    ``synchronous_commit`` is off: the rows would claim a durability they lack.
+    """
+    try:
+        settings = pg_settings(PG_URL)
+    except RuntimeError as exc:
+        raise RuntimeError(
+            f"{exc} (AGENTCAST_BENCH_PG_URL; leave agentcast/postgres out with --servers)"
+        ) from exc
+    if settings.get("synchronous_commit") != "on":
+        raise RuntimeError(
+            f"PostgreSQL synchronous_commit={settings.get('synchronous_commit')}: "
+            "agentcast/postgres is measured with it on"
+        )
+    if not quiet:
+        print(_postgres_line(settings), file=sys.stderr)
+    return settings
+
+
+def _postgres_line(settings: dict[str, Any]) -> str:
+    """The settings line every PostgreSQL figure is reported beside."""
+    return (
+        f"PostgreSQL {settings.get('server_version')}: fsync={settings.get('fsync')}, "
+        f"synchronous_commit={settings.get('synchronous_commit')}, "
+        f"wal_sync_method={settings.get('wal_sync_method')}, "
+        f"shared_buffers={settings.get('shared_buffers')}, "
+        f"commit_delay={settings.get('commit_delay')}, autovacuum={settings.get('autovacuum')}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -442,8 +567,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quiet:
         print(f"python -m bench --preset {preset.name}: {', '.join(workloads)}", file=sys.stderr)
     failure: str | None = None
+    postgres: dict[str, Any] | None = None
     try:
         with _terminate_as_exit():
+            if _uses_postgres(preset, workloads):
+                postgres = _postgres_check(args.quiet)
             bench.run(workloads)
     except (RuntimeError, OSError) as exc:
         failure = f"{type(exc).__name__}: {exc}"
@@ -453,6 +581,8 @@ def main(argv: list[str] | None = None) -> int:
         if created and not args.keep and failure is None:
             shutil.rmtree(work, ignore_errors=True)
     rows = bench.rows
+    if postgres is not None:
+        postgres["databases"] = bench.databases
     efficiency(rows)
     targets = judge(rows, preset) if preset.name == "full" else []
     problems = correctness_failures(rows)
@@ -466,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
         "elapsed_s": round(time.time() - started, 1),
         "machine": machine,
         "fsync": bench.fsync,
+        "postgres": postgres,
         "knee_p99_ms": KNEE_P99_MS,
         "preset_config": {k: v for k, v in asdict(preset).items() if not k.endswith("_targets")},
         "results": rows,
@@ -477,6 +608,8 @@ def main(argv: list[str] | None = None) -> int:
     if targets:
         print()
         print(targets_table(targets))
+    if postgres is not None:
+        print(f"\n{_postgres_line(postgres)}")
     print(
         f"\nfsync p99 {bench.fsync.get('p99_ms')} ms; load average "
         f"{machine['loadavg_start']} -> {machine['loadavg_end']}; {report['elapsed_s']} s"

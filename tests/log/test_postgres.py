@@ -308,3 +308,50 @@ async def test_duplicates_inside_one_merged_group_are_stored_once(
     events = await log.read("th_1")
     assert_contiguous(events)
     assert [e.event_id for e in events[1:]] == [event.event_id, other.event_id]
+
+
+async def _events_rows_scanned(url: str) -> int:
+    """Rows of ``events`` read by sequential scans so far (every backend's, flushed)."""
+    conn = await asyncpg.connect(url)
+    try:
+        value = await conn.fetchval(
+            "SELECT seq_tup_read FROM pg_stat_user_tables WHERE relname = 'events'"
+        )
+    finally:
+        await conn.close()
+    return int(value or 0)
+
+
+async def test_id_look_ups_stay_on_the_index_as_the_table_grows(pg_url: str) -> None:
+    """No plan chosen while ``events`` was small may scan it on every later commit.
+
+    asyncpg prepares each statement and PostgreSQL may keep a generic plan
+    made while the table was small (a sequential scan) until its statistics
+    change — never, where autovacuum is off, as on this server. Without
+    ``plan_cache_mode=force_custom_plan`` each of the last 30 groups below
+    read all 20,000 rows.
+    """
+    bulk = 20_000
+    before = await _events_rows_scanned(pg_url)
+    db = PostgresDatabase(pg_url, pool_max_size=2)
+    log = PostgresLog(db)
+    await log.open()
+    try:
+        for _ in range(20):  # while the table is small: ids the caller chose are looked up
+            await asyncio.gather(*(log.append([draft(f"th_{j}")]) for j in range(10)))
+        other = await asyncpg.connect(pg_url)
+        try:  # the table grows behind the writer's back (another process, say)
+            await other.execute(
+                "INSERT INTO events (thread_id, seq, event_id, run_id, type, ts, raw) "
+                "SELECT 'th_bulk', n, 'ev_bulk_' || n, 'run_bulk', 'custom', 0, '\\x7b7d' "
+                "FROM generate_series(1, $1::int) AS n",
+                bulk,
+            )
+        finally:
+            await other.close()
+        for _ in range(30):
+            await asyncio.gather(*(log.append([draft(f"th_{j}")]) for j in range(10)))
+    finally:
+        await log.close()
+        await db.close()  # its backends exit, which flushes their statistics
+    assert await _events_rows_scanned(pg_url) - before < bulk

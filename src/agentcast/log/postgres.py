@@ -404,7 +404,14 @@ class PostgresLog:
         maybe_stored = list({d.event_id: None for b in batches for d in b if not d.fresh})
         threads = sorted({d.thread_id for b in batches for d in b})
         heads: dict[str, int] = {}
-        for row in await conn.fetch(_LOCK_AND_LOOK_UP, threads, maybe_stored):
+        # The common case (the bridge's drafts on their first attempt) has no id to
+        # look up: lock the streams alone.
+        rows = (
+            await conn.fetch(_LOCK_AND_LOOK_UP, threads, maybe_stored)
+            if maybe_stored
+            else [(*row, None) for row in await conn.fetch(_LOCK, threads)]
+        )
+        for row in rows:
             if row[2] is None:
                 heads[row[0]] = row[1]
             else:

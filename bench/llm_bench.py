@@ -380,8 +380,10 @@ class LlmBench:
         round_ = int(name.rsplit("-", 1)[-1]) if name[-1].isdigit() else 0
         result.update(phase=name, side="agentcast", round=round_)
         lat = result.get("latency_ms") or {}
+        emit = result.get("emit_to_screen_ms") or {}
         self._say(
             f"  {name}: {result.get('cpu_us_per_token')} us/token, token p99 {lat.get('p99')} ms, "
+            f"emit → screen p50/p99 {emit.get('p50')}/{emit.get('p99')} ms, "
             f"{result.get('runs_ok')}/{spec['runs']} runs ok {result.get('failed') or ''}"
         )
         return result

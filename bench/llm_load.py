@@ -68,6 +68,7 @@ class _Frame(msgspec.Struct):
     type: str
     seq: int = 0
     thread_id: str = ""
+    ts: float = 0.0
     code: str = ""
     message: str = ""
     data: _Data | None = None
@@ -79,10 +80,19 @@ _decode = msgspec.json.Decoder(_Frame).decode
 class Viewer:
     """One connection: starts one run and follows its thread to the end."""
 
-    def __init__(self, script: RunScript, token: str, latencies: array[float]) -> None:
+    def __init__(
+        self,
+        script: RunScript,
+        token: str,
+        latencies: array[float],
+        delivery: array[float] | None = None,
+    ) -> None:
         self.script = script
         self.token = token
         self.latencies = latencies
+        #: receipt - the event's ``ts`` (stamped at emit) per ``text_delta``: agentcast's
+        #: own part of the way, after the coalesced delta left the agent.
+        self.delivery: array[float] = delivery if delivery is not None else array("d")
         self.ws: ClientConnection | None = None
         self.parts: list[str] = []
         self.tokens = 0
@@ -167,6 +177,8 @@ class Viewer:
         data = frame.data
         if kind == "text_delta" and data is not None:
             self.parts.append(data.delta)
+            if frame.ts:
+                self.delivery.append(now - frame.ts)
             script = self.script
             for piece in data.delta.split():
                 _, _, index = piece.rpartition(".")
@@ -206,11 +218,14 @@ async def run_viewers(spec: dict[str, Any]) -> dict[str, Any]:
     model = psutil.Process(int(spec["replay_pid"])) if spec.get("replay_pid") else None
     runs = int(spec["runs"])
     latencies: array[float] = array("d")
+    delivery: array[float] = array("d")
     label = str(spec["label"])
     viewers: list[Viewer] = []
     for k in range(runs):
         placeholder = RunScript(f"{label}r{k}", 0.0, float(spec["tokens_per_s"]), 1)
-        viewers.append(Viewer(placeholder, _mint(spec["secret"], f"{label}-u{k}"), latencies))
+        viewers.append(
+            Viewer(placeholder, _mint(spec["secret"], f"{label}-u{k}"), latencies, delivery)
+        )
     try:
         gate = asyncio.Semaphore(50)
 
@@ -256,6 +271,8 @@ async def run_viewers(spec: dict[str, Any]) -> dict[str, Any]:
         "expected_tokens": runs * int(spec["tokens"]),
         "text_deltas": sum(len(v.parts) for v in viewers),
         "latency_ms": percentiles(latencies),
+        # Emit (the bridge's ts) → receipt, per text_delta: the log, fan-out and socket.
+        "emit_to_screen_ms": percentiles(delivery),
         "window_s": round(span, 3),
         "cpu_s": round(server_cpu, 4),
         "cpu_user_s": round(times_after.user - times_before.user, 4),

@@ -9,7 +9,10 @@ alternating A B A B after one unmeasured warm-up of each:
   ``AsyncStream`` of pydantic ``ChatCompletionChunk`` (the path of SDK-shaped
   clients, and of every client before agentcast read the body itself);
 - **sse**: ``with_streaming_response.create(...)`` and
-  :func:`agentcast.llm.sse.iter_chunks` (the SDK's client today).
+  :func:`agentcast.llm.sse.iter_chunks` over the SDK's default HTTP client;
+- **aio**: the same over the SDK's aiohttp transport
+  (``openai.DefaultAioHttpClient``, ``openai[aiohttp]``): what ``ChatAgent``'s
+  own client uses when aiohttp is installed.
 
 Either way each chunk goes through a ``StepReader`` whose ``say`` only
 appends, so the figure is the reader's whole cost per chunk and nothing of
@@ -65,7 +68,7 @@ async def _sse_chunks(client: openai.AsyncOpenAI, request: dict[str, Any]) -> As
             yield chunk
 
 
-PATHS = {"sdk": _sdk_chunks, "sse": _sse_chunks}
+PATHS = {"sdk": _sdk_chunks, "sse": _sse_chunks, "aio": _sse_chunks}
 
 
 async def _one(client: openai.AsyncOpenAI, path: str, script: RunScript) -> tuple[str, int]:
@@ -114,14 +117,23 @@ async def _phase(
 
 
 async def _main(base_url: str, rounds: int, runs: int, tokens: int, rate: float) -> dict[str, Any]:
-    client = openai.AsyncOpenAI(api_key="unused", base_url=base_url, max_retries=0)
+    clients = {
+        path: openai.AsyncOpenAI(
+            api_key="unused",
+            base_url=base_url,
+            max_retries=0,
+            **({"http_client": openai.DefaultAioHttpClient()} if path == "aio" else {}),
+        )
+        for path in PATHS
+    }
     for path in PATHS:  # warm-up: lazy imports, the connection pool
-        await _phase(client, path, f"w{path}", runs, 20, 1000.0)
+        await _phase(clients[path], path, f"w{path}", runs, 20, 1000.0)
     phases = []
     for r in range(rounds):
         for path in PATHS:
-            phases.append(await _phase(client, path, f"{path}{r}", runs, tokens, rate))
-    await client.close()
+            phases.append(await _phase(clients[path], path, f"{path}{r}", runs, tokens, rate))
+    for client in clients.values():
+        await client.close()
     means = {
         path: round(sum(p["cpu_us_per_chunk"] for p in phases if p["path"] == path) / rounds, 1)
         for path in PATHS
@@ -130,6 +142,7 @@ async def _main(base_url: str, rounds: int, runs: int, tokens: int, rate: float)
         "phases": phases,
         "mean_cpu_us_per_chunk": means,
         "sdk_over_sse": round(means["sdk"] / means["sse"], 1),
+        "sdk_over_aio": round(means["sdk"] / means["aio"], 1),
         "loadavg_1m": os.getloadavg()[0],
     }
 

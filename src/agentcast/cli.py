@@ -219,7 +219,9 @@ def serve(
 
         try:
             nested = settings.nested()
-            registry = builtin_registry(writer=demo_writer(llm, nested))
+            writer = demo_writer(llm, nested)
+            registry = builtin_registry(writer=writer)
+            registry.on_close(writer.aclose)  # the writer is the demo's, not registered
             registry.register(assistant_agent(llm, nested))
         except (ImportError, FileNotFoundError) as exc:  # the extra or the model wheel
             fail(str(exc))

@@ -180,6 +180,8 @@ class Engine:
             async with contextlib.AsyncExitStack() as closing:
                 if self.db is not None:
                     closing.push_async_callback(self.db.close)
+                # After the last run: what the agents hold (model clients' connections).
+                closing.push_async_callback(self.registry.aclose)
                 if self.runner_lock is not None:
                     # After the runner has ended its runs and their events are stored.
                     closing.push_async_callback(self.runner_lock.release)

@@ -53,12 +53,23 @@ def backend() -> str:
     return "memory"
 
 
-@pytest.fixture
-async def model_client(replay_server: ReplayServer) -> AsyncIterator[openai.AsyncOpenAI]:
-    """The SDK's client for the replay server (``verify=False``: no 0.1 s SSL setup)."""
+@pytest.fixture(params=["httpx", "aiohttp"])
+async def model_client(
+    replay_server: ReplayServer, request: pytest.FixtureRequest
+) -> AsyncIterator[openai.AsyncOpenAI]:
+    """The SDK's client for the replay server, over each of its two HTTP transports.
+
+    ``ChatAgent`` makes its own client over aiohttp when ``openai[aiohttp]`` is
+    installed, else over the SDK's default; every agent test runs on both, so a
+    fault (a dropped body, a stall, a bad chunk) means the same on either.
+    (``verify=False``: no 0.1 s SSL setup.)
+    """
+    http_client = (
+        openai.DefaultAioHttpClient()
+        if request.param == "aiohttp"
+        else openai.DefaultAsyncHttpxClient(verify=False)
+    )
     async with openai.AsyncOpenAI(
-        base_url=replay_server.base_url,
-        api_key=MODEL_KEY,
-        http_client=openai.DefaultAsyncHttpxClient(verify=False),
+        base_url=replay_server.base_url, api_key=MODEL_KEY, http_client=http_client
     ) as client:
         yield client

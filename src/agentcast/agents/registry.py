@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import builtins
 import inspect
+import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypedDict, runtime_checkable
@@ -23,6 +24,8 @@ import msgspec
 from ..errors import NotFound
 from .context import RunContext
 from .tools import ToolInfo, ToolSpec
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "UNSET",
@@ -117,6 +120,7 @@ class AgentRegistry:
     def __init__(self) -> None:
         self._agents: dict[str, _Entry] = {}
         self._tools: dict[str, ToolSpec[..., Any]] = {}
+        self._closers: builtins.list[Callable[[], Awaitable[None]]] = []
 
     def __contains__(self, name: object) -> bool:
         return name in self._agents
@@ -252,6 +256,33 @@ class AgentRegistry:
         """Same as :meth:`describe` (what ``GET /v1/agents`` returns)."""
         return self.describe()
 
+    def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Run ``closer()`` when the engine serving this registry shuts down.
+
+        For what agents hold beyond a run and must give back: a model
+        client's connections (``ChatAgent.aclose``), a local model. Each
+        registered agent with an ``aclose`` method is closed anyway.
+        """
+        self._closers.append(closer)
+
+    async def aclose(self) -> None:
+        """Close what the agents hold (:meth:`on_close`, and agents' ``aclose``), each once.
+
+        Called by the engine after its last run ended. A closer that raises is
+        logged and the others still run.
+        """
+        closers = list(self._closers)
+        self._closers.clear()
+        for entry in self._agents.values():
+            close = getattr(entry.agent, "aclose", None)
+            if close is not None and close not in closers:
+                closers.append(close)
+        for closer in closers:
+            try:
+                await closer()
+            except Exception:
+                logger.exception("closing %r failed", closer)
+
     def merge(self, other: AgentRegistry, *, replace: bool = False) -> AgentRegistry:
         """Add ``other``'s agents and tools to this registry; returns ``self``.
 
@@ -269,6 +300,7 @@ class AgentRegistry:
                     raise ValueError(f"a different tool named {name!r} is already registered")
         self._tools.update(other._tools)
         self._agents.update(other._agents)
+        self._closers.extend(c for c in other._closers if c not in self._closers)
         return self
 
 

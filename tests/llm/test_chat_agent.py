@@ -490,6 +490,51 @@ async def test_history_is_sent_before_the_message(
     assert msgspec.UNSET is not ctx.usage
 
 
+#: A thread's earlier turn with a tool call, as ``ctx.history`` holds it.
+TOOL_TURN: list[dict[str, Any]] = [
+    {"role": "user", "content": "Weather in Paris?"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+            }
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_1", "content": '{"sky":"clear"}'},
+    {"role": "assistant", "content": "Clear in Paris."},
+]
+
+
+@pytest.mark.parametrize("offers_tools", [True, False])
+async def test_tool_calls_in_the_history_go_only_to_a_request_that_offers_tools(
+    replay_server: ReplayServer, model_client: openai.AsyncOpenAI, offers_tools: bool
+) -> None:
+    async def emit(event_type: str, data: Mapping[str, Any]) -> None:
+        return None
+
+    ctx = RunContext(
+        run_id="run_2", thread_id="thr_1", user_id=USER, agent="chat",
+        message="And tomorrow?", emit=emit, history=TOOL_TURN,
+    )  # fmt: skip
+    replay_server.queue(reply("Rain."))
+    agent = chat(model_client, tools=[get_weather] if offers_tools else [])
+    assert await agent.run(ctx) == "Rain."
+    await ctx.aclose()
+    sent = replay_server.completions[0].messages
+    if offers_tools:
+        assert sent == [*TOOL_TURN, {"role": "user", "content": "And tomorrow?"}]
+    else:  # providers refuse calls to tools the request does not list: the text stays
+        assert sent == [
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": "Clear in Paris."},
+            {"role": "user", "content": "And tomorrow?"},
+        ]
+
+
 def test_the_key_never_shows_in_repr() -> None:
     agent = ChatAgent("c", api_key="sk-very-secret-000000000000", settings=LlmSection())
     assert "sk-very-secret" not in repr(agent)

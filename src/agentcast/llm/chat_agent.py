@@ -45,7 +45,7 @@ from .sse import iter_chunks
 from .stream import AssembledCall, StepReader, StepResult
 from .tools_schema import openai_tools
 
-__all__ = ["ChatAgent"]
+__all__ = ["ChatAgent", "without_tool_calls"]
 
 _INSTALL_HINT: Final = "agentcast.llm needs the openai package: pip install agentcast[openai]"
 #: The longest wait a provider's Retry-After is honoured for; beyond it, this.
@@ -246,7 +246,7 @@ class ChatAgent:
         request: dict[str, Any] = {
             **self.request_options,
             "model": self.model,
-            "messages": messages,
+            "messages": messages if tools else without_tool_calls(messages),
             "stream": True,
             "stream_options": {"include_usage": True},
         }
@@ -369,6 +369,28 @@ class ChatAgent:
         except ToolError as exc:
             return f"Error: {exc.message}"
         return result if isinstance(result, str) else json.dumps(result, default=str)
+
+
+def without_tool_calls(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``messages`` for a request that offers no tools: no tool call, no tool result.
+
+    A thread's history may hold another agent's tool calls (the ``assistant``
+    before the demo's writer, in one thread); providers refuse a request whose
+    messages call tools it does not list, so such a request keeps the text:
+    an assistant message's content without its ``tool_calls`` (dropped when
+    it said nothing), and no ``tool`` message. The answers, which carry what
+    the tools found, stay.
+    """
+    kept: list[dict[str, Any]] = []
+    for message in messages:
+        if message.get("role") == "tool":
+            continue
+        if message.get("tool_calls"):
+            if not message.get("content"):
+                continue
+            message = {k: v for k, v in message.items() if k != "tool_calls"}
+        kept.append(dict(message))
+    return kept
 
 
 def _http_client(openai: Any) -> dict[str, Any]:

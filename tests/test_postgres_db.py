@@ -292,7 +292,7 @@ async def test_settled_waits_for_the_callbacks_of_begun_commits(db: PostgresData
 
     db._commit = slow_commit  # type: ignore[method-assign]
     written = db.submit(held, on_commit=seen.append)
-    await wait_until(lambda: db._commits_begun == 1, seconds(5), message="COMMIT to begin")
+    await wait_until(lambda: db._commits.begun == 1, seconds(5), message="COMMIT to begin")
     settling = asyncio.ensure_future(db.settled())
     await asyncio.sleep(0)
     assert not settling.done()

@@ -57,6 +57,7 @@ import asyncpg
 
 from ..dsn import mask_dsn
 from ..errors import LogUnavailable
+from .barrier import CommitBarrier
 from .pg_epochs import check_identity
 from .pg_migrate import SchemaOutdated, check_schema
 from .writer import MAX_GROUP_OPS, WriteOutcomeUnknown
@@ -207,9 +208,7 @@ class PostgresDatabase:
         self._hooks: list[BeforeCommit] = []
         self._next_connect = 0.0
         self._backoff = _BACKOFF_MIN_S
-        self._commits_begun = 0
-        self._commits_settled = 0
-        self._settle_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._commits = CommitBarrier()
         self.stats = PgWriteStats()
         #: The server's ``synchronous_commit`` (read at open), named in every figure.
         self.synchronous_commit: str = "on"
@@ -299,7 +298,7 @@ class PostgresDatabase:
             if self._writer is not None:
                 await asyncio.shield(self._writer)
                 self._writer = None
-            self._mark_settled(self._commits_begun)
+            self._commits.settle()
             conn, self._conn = self._conn, None
             if conn is not None:
                 await _close_conn(conn)
@@ -397,12 +396,7 @@ class PostgresDatabase:
         a reader on the pool may see a commit a moment before its ``on_commit``
         callbacks ran; who learnt of it that way awaits this first.
         """
-        target = self._commits_begun
-        if self._commits_settled >= target:
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._settle_waiters.append((target, waiter))
-        await waiter
+        await self._commits.wait()
 
     async def connect(self) -> asyncpg.Connection:
         """A new dedicated connection outside the pool (the log's ``LISTEN``); the caller closes it.
@@ -455,7 +449,7 @@ class PostgresDatabase:
                             ),
                             exc,
                         )
-                    self._mark_settled(self._commits_begun)
+                    self._commits.settle()
                     if isinstance(exc, asyncio.CancelledError):
                         raise
             if stopping:
@@ -586,7 +580,7 @@ class PostgresDatabase:
             if classify(exc, conn) == "op":
                 raise _Outage(exc, lost=False) from exc  # a hook: no single op to blame
             raise self._group_error(conn, exc) from exc
-        self._commits_begun += 1  # before COMMIT: a reader may see it from then on
+        self._commits.begun += 1  # before COMMIT: a reader may see it from then on
         try:
             await self._commit(conn)
         except Exception as exc:
@@ -668,21 +662,7 @@ class PostgresDatabase:
                 op.future.set_result(value)
             else:
                 op.future.set_exception(value)
-        self._mark_settled(self._commits_begun)
-
-    def _mark_settled(self, begun: int) -> None:
-        """Groups up to ``begun`` have been delivered (or never will be)."""
-        if begun <= self._commits_settled:
-            return
-        self._commits_settled = begun
-        keep: list[tuple[int, asyncio.Future[None]]] = []
-        for target, waiter in self._settle_waiters:
-            if target <= begun:
-                if not waiter.done():
-                    waiter.set_result(None)
-            else:
-                keep.append((target, waiter))
-        self._settle_waiters = keep
+        self._commits.settle()
 
 
 class _Retry(Exception):

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Final, Literal, TypeVar, cast
 
 from ..errors import InternalError, LogUnavailable
+from .barrier import CommitBarrier
 from .lock import LOCK_FILENAME, DataDirLock
 from .session import Session, migrate
 from .writer import (
@@ -119,9 +120,7 @@ class SqliteDatabase(GroupWriter):
         self._writer_error: BaseException | None = None
         self._restart: asyncio.Task[None] | None = None
         self.stats = WriteStats()
-        self._commits_begun = 0
-        self._commits_settled = 0
-        self._settle_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._commits = CommitBarrier()
 
     # Public methods
 
@@ -367,7 +366,7 @@ class SqliteDatabase(GroupWriter):
         # The last write of a clean close: a stamp only this close knows, so a
         # copy taken while we ran does not match the marker.
         stamp = await self._stop_writer(stamp=clean and session is not None)
-        self._mark_settled(self._commits_begun)  # the writer is gone: nothing more will run
+        self._commits.settle()  # the writer is gone: nothing more will run
         if session is not None and stamp is not None:
             session = self._session = session._replace(stamp=stamp)
         if self._reader_pool is not None:

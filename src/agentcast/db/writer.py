@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any, Final, NamedTuple, cast
 
 from ..errors import LogUnavailable
+from .barrier import CommitBarrier
 from .session import Session, open_session, restamp
 
 __all__ = [
@@ -134,12 +135,8 @@ class GroupWriter:
     stats: WriteStats
     #: Open the writer's connection (WAL mode, migrated).
     _connect_writer: Callable[[], sqlite3.Connection]
-    #: Groups whose COMMIT the writer thread began (counted just before it).
-    _commits_begun: int
-    #: Of those, how many had their outcome handed to the loop (callbacks run).
-    _commits_settled: int
-    #: ``settled()`` callers: (the count they wait for, their future).
-    _settle_waiters: list[tuple[int, asyncio.Future[None]]]
+    #: Groups whose COMMIT the writer thread began, and which were delivered.
+    _commits: CommitBarrier
 
     async def settled(self) -> None:
         """Wait until every group whose COMMIT has begun has had its callbacks run.
@@ -151,26 +148,7 @@ class GroupWriter:
         learning of the commit elsewhere (a status read) awaits this first.
         Cheap when nothing is pending; never waits for commits begun later.
         """
-        target = self._commits_begun
-        if self._commits_settled >= target or self._loop is None:
-            return
-        waiter: asyncio.Future[None] = self._loop.create_future()
-        self._settle_waiters.append((target, waiter))
-        await waiter
-
-    def _mark_settled(self, begun: int) -> None:
-        """On the loop: groups up to ``begun`` have been delivered (or never will be)."""
-        if begun <= self._commits_settled:
-            return
-        self._commits_settled = begun
-        keep: list[tuple[int, asyncio.Future[None]]] = []
-        for target, waiter in self._settle_waiters:
-            if target <= begun:
-                if not waiter.done():
-                    waiter.set_result(None)
-            else:
-                keep.append((target, waiter))
-        self._settle_waiters = keep
+        await self._commits.wait()
 
     @property
     def writer_alive(self) -> bool:
@@ -279,7 +257,7 @@ class GroupWriter:
                         break
                     group.append(cast(WriteOp, item))
                 outcomes, conn = self._run_group(conn, group)
-                _call_soon(loop, self._deliver, group, outcomes, self._commits_begun)
+                _call_soon(loop, self._deliver, group, outcomes, self._commits.begun)
                 group = []
                 if self._restart_wanted and conn is not None:
                     self._catch_up(conn)
@@ -350,7 +328,7 @@ class GroupWriter:
                     outcomes.append((False, exc))
                 if savepoints:
                     conn.execute(f"RELEASE {_SAVEPOINT}")
-            self._commits_begun += 1  # before COMMIT: a reader may see it from then on
+            self._commits.begun += 1  # before COMMIT: a reader may see it from then on
             self._commit(conn)
         except BaseException as exc:
             return self._fail_group(group, exc), self._after_failure(conn)
@@ -405,7 +383,7 @@ class GroupWriter:
                 op.future.set_result(value)
             else:
                 op.future.set_exception(value)
-        self._mark_settled(begun)
+        self._commits.settle(begun)
 
     def _writer_died(
         self, q: queue.SimpleQueue[WriteOp | object], in_flight: list[WriteOp], cause: BaseException
@@ -417,7 +395,7 @@ class GroupWriter:
         """
         self.stats.writer_deaths += 1
         self._writer_error = cause
-        self._mark_settled(self._commits_begun)  # no callback of the dead writer will run
+        self._commits.settle()  # no callback of the dead writer will run
         for op in in_flight:
             _fail(
                 op.future,

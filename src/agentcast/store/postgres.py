@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
@@ -41,13 +40,14 @@ from .base import (
     ThreadRecord,
     project_batch,
 )
+from .owners import ThreadOwners
 
 if TYPE_CHECKING:
     import asyncpg
 
     from ..db.postgres import PostgresDatabase
 
-__all__ = ["OWNER_CACHE_THREADS", "PostgresStore"]
+__all__ = ["PostgresStore"]
 
 _RUN_COLUMNS: Final = (
     "run_id, thread_id, user_id, agent, input, parent_run_id, status, created_at, started_at, "
@@ -55,8 +55,6 @@ _RUN_COLUMNS: Final = (
 )
 _THREAD_COLUMNS: Final = "thread_id, user_id, title, last_agent, created_at, updated_at"
 _MESSAGE_COLUMNS: Final = "message_id, thread_id, run_id, role, content, created_at"
-#: Thread owners kept in memory for :meth:`PostgresStore.check_thread` (LRU).
-OWNER_CACHE_THREADS: Final = 100_000
 
 #: A new run; with a key, a conflict on ``runs_idempotency`` (another op or
 #: another process used the key first) inserts nothing and returns no row.
@@ -151,7 +149,7 @@ class PostgresStore:
         # thread_id -> owner: an owner never changes and threads are never
         # re-created under the same id, so a cached answer cannot go stale,
         # not even when another process shares the database.
-        self._owners: OrderedDict[str, str] = OrderedDict()
+        self._owners = ThreadOwners()
 
     async def open(self) -> None:
         """The database is opened by its owner (the engine); nothing else to do."""
@@ -170,7 +168,7 @@ class PostgresStore:
             )  # fmt: skip
 
         await self._db.write(op)
-        self._remember_owner(record.thread_id, user_id)
+        self._owners.remember(record.thread_id, user_id)
         return record
 
     async def get_thread(self, user_id: str, thread_id: str) -> ThreadRecord:
@@ -184,23 +182,11 @@ class PostgresStore:
         row = await self._db.read(op)
         if row is None:
             raise NotFound("thread not found")
-        self._remember_owner(thread_id, user_id)
+        self._owners.remember(thread_id, user_id)
         return ThreadRecord(*row)
 
     async def check_thread(self, user_id: str, thread_id: str) -> None:
-        owner = self._owners.get(thread_id)
-        if owner is None:
-            await self.get_thread(user_id, thread_id)  # remembers the owner
-        elif owner != user_id:
-            raise NotFound("thread not found")  # the same answer as a made-up id
-        else:
-            self._owners.move_to_end(thread_id)
-
-    def _remember_owner(self, thread_id: str, user_id: str) -> None:
-        self._owners[thread_id] = user_id
-        self._owners.move_to_end(thread_id)
-        if len(self._owners) > OWNER_CACHE_THREADS:
-            self._owners.popitem(last=False)
+        await self._owners.check(user_id, thread_id, lambda: self.get_thread(user_id, thread_id))
 
     async def list_threads(
         self, user_id: str, limit: int = 50, before: tuple[float, str] | None = None
